@@ -1,0 +1,1 @@
+"""The `modelfleet` command: parse arguments, build settings, call into the rooms."""

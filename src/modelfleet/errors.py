@@ -1,0 +1,43 @@
+"""One tree of domain errors. They carry no HTTP codes: the gateway and worker map them in one table."""
+
+from __future__ import annotations
+
+
+class ModelfleetError(Exception):
+    """Base of every error modelfleet raises on purpose."""
+
+
+class ConfigError(ModelfleetError):
+    """Raised when fleet configuration is invalid; the message names the field and the reason."""
+
+
+class ModelNotFound(ModelfleetError):
+    """Raised when a request names a model (or model version) that is not served here."""
+
+
+class InvalidInput(ModelfleetError):
+    """Raised when a request body has the wrong shape or types for the model it targets."""
+
+    def __init__(self, message: str, details: list[dict[str, object]] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []
+
+
+class MalformedRequest(ModelfleetError):
+    """Raised when a request body cannot be parsed at all (not JSON, not the protocol's envelope)."""
+
+
+class DeadlineExceeded(ModelfleetError):
+    """Raised when a request's deadline passes before a result is ready."""
+
+
+class ModelNotReady(ModelfleetError):
+    """Raised when a model is known but not loaded (yet, or any more)."""
+
+
+class PredictionFailed(ModelfleetError):
+    """Raised when a model's predict raised; the original error is chained."""
+
+
+class UpstreamUnavailable(ModelfleetError):
+    """Raised when no healthy replica of a service could take a request."""

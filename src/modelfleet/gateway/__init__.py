@@ -1,0 +1,1 @@
+"""The single entry point: routes model calls to the replicas that host them."""

@@ -1,0 +1,235 @@
+"""The gateway's ASGI application: the one address clients talk to.
+
+    POST /v1/models/{name}/predict, GET /v1/models/{name}   proxied to a replica of the hosting service
+    GET|POST /v2/models/{name}/...                           proxied likewise (Open Inference Protocol)
+    GET  /v1/models                                          every model of the fleet, asked of the workers
+    GET  /v1/fleet                                           services, replicas and their health
+    GET  /v2, /v2/health/live, /v2/health/ready, /metrics
+
+The gateway never parses a predict body: it checks size and media type, picks a replica and
+forwards the bytes, so its cost does not grow with the models' schemas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import orjson
+
+from modelfleet import __version__
+from modelfleet.errors import DeadlineExceeded, ModelfleetError, ModelNotFound, UpstreamUnavailable
+from modelfleet.gateway.balancer import ReplicaSet
+from modelfleet.gateway.client import UpstreamError, UpstreamResponse, fetch
+from modelfleet.http import (
+    HTTPError,
+    check_json_content_type,
+    get_header,
+    http_error_of,
+    lifespan,
+    read_body,
+    request_id_of,
+    respond,
+    respond_error,
+)
+from modelfleet.metrics import PROMETHEUS_CONTENT_TYPE, GatewayMetrics
+from modelfleet.plan import FleetPlan
+from modelfleet.settings import GatewaySettings
+from modelfleet.types import JSON_CONTENT_TYPE, REQUEST_ID_HEADER, TIMEOUT_HEADER, Receive, Scope, Send
+
+log = logging.getLogger("modelfleet.gateway")
+
+
+class GatewayApp:
+    """Routes model calls to replicas and keeps the replicas' health current."""
+
+    def __init__(self, plan: FleetPlan, settings: GatewaySettings) -> None:
+        self.plan = plan
+        self.settings = settings
+        self.metrics = GatewayMetrics()
+        self.services = {
+            name: ReplicaSet(name, endpoints, settings, self.metrics) for name, endpoints in plan.services.items()
+        }
+        self.model_service = dict(plan.models)
+        self._health_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
+
+    async def stop(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        for replica_set in self.services.values():
+            replica_set.close()
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_interval_s)
+            try:
+                await asyncio.gather(*(s.probe(self.settings.health_timeout_s) for s in self.services.values()))
+            except Exception:
+                log.exception("health probing failed")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await lifespan(receive, send, on_startup=self.start, on_shutdown=self.stop)
+            return
+        rid = request_id_of(scope)
+        try:
+            await self._dispatch(scope, receive, send, rid)
+        except HTTPError as err:
+            await respond_error(send, err, rid)
+        except ModelfleetError as err:
+            await respond_error(send, http_error_of(err), rid)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            await respond_error(send, HTTPError(500, "internal error"), rid)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, rid: bytes) -> None:
+        method = scope["method"]
+        parts = scope["path"].strip("/").split("/")
+        n = len(parts)
+        head = parts[0]
+        if n >= 3 and parts[1] == "models" and head in ("v1", "v2"):
+            return await self._proxy(scope, receive, send, rid, self._service_of(parts[2]))
+        if head == "v1" and n == 2 and method in ("GET", "HEAD"):
+            if parts[1] == "models":
+                return await respond(send, 200, orjson.dumps({"models": await self._all_models()}), rid)
+            if parts[1] == "fleet":
+                return await respond(send, 200, orjson.dumps(self.describe()), rid)
+        if head == "v2" and method in ("GET", "HEAD"):
+            if n == 1:
+                body = {"name": "modelfleet-gateway", "version": __version__, "extensions": []}
+                return await respond(send, 200, orjson.dumps(body), rid)
+            if n == 3 and parts[1] == "health" and parts[2] == "live":
+                return await respond(send, 200, b'{"live":true}', rid)
+            if n == 3 and parts[1] == "health" and parts[2] == "ready":
+                down = [name for name, s in self.services.items() if not s.any_healthy()]
+                if down:
+                    body = {"ready": False, "services_down": down}
+                    return await respond(send, 503, orjson.dumps(body), rid)
+                return await respond(send, 200, b'{"ready":true}', rid)
+        if n == 1 and head == "metrics" and method in ("GET", "HEAD"):
+            return await respond(send, 200, self.metrics.render(), rid, content_type=PROMETHEUS_CONTENT_TYPE)
+        raise HTTPError(404, f"no route for {method} {scope['path']}")
+
+    def _service_of(self, model: str) -> str:
+        service = self.model_service.get(model)
+        if service is None:
+            known = ", ".join(sorted(self.model_service))
+            raise ModelNotFound(f"model {model!r} is not served by this fleet (models: {known})")
+        return service
+
+    def _timeout_s(self, scope: Scope) -> float:
+        limit = self.settings.request_timeout_s
+        raw = get_header(scope, TIMEOUT_HEADER)
+        if raw is not None:
+            try:
+                limit = min(limit, float(raw) / 1000.0)
+            except ValueError:
+                raise HTTPError(400, "x-request-timeout-ms must be a number of milliseconds") from None
+        return limit
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, rid: bytes, service: str) -> None:
+        started = time.perf_counter()
+        code = 500
+        try:
+            method = scope["method"]
+            body = b""
+            if method == "POST":
+                check_json_content_type(scope)
+                body = await read_body(scope, receive, self.settings.body_limit_bytes)
+            elif method not in ("GET", "HEAD"):
+                raise HTTPError(405, f"method {method} not allowed here")
+            timeout_s = self._timeout_s(scope)
+            response = await self._forward(scope, service, method.encode(), body, rid, timeout_s)
+            code = response.status
+            ctype = response.header(b"content-type") or JSON_CONTENT_TYPE
+            await respond(send, response.status, response.body, rid, content_type=ctype)
+        except HTTPError as err:
+            code = err.status
+            raise
+        except ModelfleetError as err:
+            code = http_error_of(err).status
+            raise
+        finally:
+            self.metrics.observe(service, code, time.perf_counter() - started)
+
+    async def _forward(
+        self, scope: Scope, service: str, method: bytes, body: bytes, rid: bytes, timeout_s: float
+    ) -> UpstreamResponse:
+        replicas = self.services[service]
+        target = scope["raw_path"] or scope["path"].encode()
+        if scope["query_string"]:
+            target += b"?" + scope["query_string"]
+        deadline = time.monotonic() + timeout_s
+        tried: set[int] = set()
+        last_error = "no replica configured"
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    replica = replicas.pick(tried)
+                    if replica is None:
+                        raise UpstreamUnavailable(
+                            f"no replica of service {service!r} could take the request: {last_error}"
+                        )
+                    tried.add(replica.index)
+                    remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+                    headers = [
+                        (b"content-type", JSON_CONTENT_TYPE),
+                        (REQUEST_ID_HEADER, rid),
+                        (TIMEOUT_HEADER, str(remaining_ms).encode()),
+                    ]
+                    replica.outstanding += 1
+                    try:
+                        response = await replica.pool.request(method, target, headers, body)
+                    except UpstreamError as err:
+                        last_error = f"{replica.name}: {err}"
+                        replicas.report_failure(replica, str(err), fatal=True)
+                        continue
+                    finally:
+                        replica.outstanding -= 1
+                    replicas.report_success(replica)
+                    return response
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"service {service!r} did not answer within the deadline of {timeout_s * 1000:.0f} ms"
+            ) from None
+
+    async def _all_models(self) -> list[dict[str, object]]:
+        async def ask(service: str) -> list[dict[str, object]]:
+            for replica in self.services[service].replicas:
+                if not replica.healthy:
+                    continue
+                try:
+                    status, body = await fetch(
+                        replica.endpoint.host, replica.endpoint.port, "/v1/models", self.settings.health_timeout_s
+                    )
+                except Exception:
+                    continue
+                if status == 200 and isinstance(body, dict):
+                    return list(body.get("models", []))
+            return [
+                {"name": m, "service": service, "ready": False, "error": "no replica answered"}
+                for m, s in self.model_service.items()
+                if s == service
+            ]
+
+        results = await asyncio.gather(*(ask(s) for s in self.services))
+        return [model for models in results for model in models]
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "services": {
+                name: {
+                    "models": [m for m, s in self.model_service.items() if s == name],
+                    "replicas": [r.describe() for r in s.replicas],
+                }
+                for name, s in self.services.items()
+            }
+        }

@@ -1,0 +1,95 @@
+"""Executes one loaded model inside a worker: inline, on its own threads, or through a batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+from pydantic import BaseModel, TypeAdapter
+
+from modelfleet.errors import PredictionFailed
+from modelfleet.models.batching import DynamicBatcher
+from modelfleet.models.model import Batching, Model
+
+
+class ModelRunner:
+    """Owns a model instance and decides how each call reaches it.
+
+    Sync ``predict`` runs on the model's own thread pool (``max_concurrency`` threads) so a
+    CPU-heavy model never blocks the event loop; models marked ``inline`` run on the loop because a
+    thread hop would cost more than the work. Batchable models go through a
+    :class:`DynamicBatcher`, so concurrent requests share one call.
+    """
+
+    def __init__(self, name: str, model: Model[Any, Any], batching: Batching | None) -> None:
+        self.name = name
+        self.model = model
+        self.batching = batching
+        self.input_type: type[BaseModel] = type(model).input_type
+        self.output_type: type[BaseModel] = type(model).output_type
+        self.version = type(model).version
+        self.input_one: TypeAdapter[Any] = TypeAdapter(self.input_type)
+        self.input_many: TypeAdapter[Any] = TypeAdapter(list[self.input_type])  # type: ignore[name-defined]
+        self.output_one: TypeAdapter[Any] = TypeAdapter(self.output_type)
+        self.output_many: TypeAdapter[Any] = TypeAdapter(list[self.output_type])  # type: ignore[name-defined]
+        self.ready = False
+        # Called with the size of every predict call; the worker points it at its metrics.
+        self.on_batch: Callable[[int], None] | None = None
+        self._is_async = inspect.iscoroutinefunction(model.predict)
+        self._inline = type(model).inline
+        self._executor: ThreadPoolExecutor | None = None
+        if not self._is_async and not self._inline:
+            self._executor = ThreadPoolExecutor(
+                max_workers=max(1, type(model).max_concurrency), thread_name_prefix=f"model-{name}"
+            )
+        self._batcher: DynamicBatcher[BaseModel, BaseModel] | None = (
+            DynamicBatcher(self._call_model, batching) if batching is not None else None
+        )
+
+    def load(self) -> None:
+        """Load the model; call once, before serving."""
+        self.model.load()
+        self.ready = True
+
+    async def predict(self, inputs: list[BaseModel]) -> list[BaseModel]:
+        """Predict ``inputs`` (already validated) and return outputs in the same order.
+
+        Raises PredictionFailed when the model raises.
+        """
+        if self._batcher is not None:
+            try:
+                return await self._batcher.submit(inputs)
+            except PredictionFailed:
+                raise
+            except Exception as exc:
+                raise PredictionFailed(f"model {self.name!r} failed: {exc}") from exc
+        return await self._call_model(inputs)
+
+    async def _call_model(self, inputs: list[BaseModel]) -> list[BaseModel]:
+        if self.on_batch is not None:
+            self.on_batch(len(inputs))
+        try:
+            if self._is_async:
+                outputs = await cast(Awaitable[list[BaseModel]], self.model.predict(inputs))
+            elif self._executor is not None:
+                loop = asyncio.get_running_loop()
+                outputs = await loop.run_in_executor(self._executor, self.model.predict, inputs)  # type: ignore[arg-type]
+            else:
+                outputs = cast(list[BaseModel], self.model.predict(inputs))
+        except Exception as exc:
+            raise PredictionFailed(f"model {self.name!r} failed: {type(exc).__name__}: {exc}") from exc
+        if len(outputs) != len(inputs):
+            raise PredictionFailed(
+                f"model {self.name!r} returned {len(outputs)} outputs for {len(inputs)} inputs"
+            )
+        return outputs
+
+    async def close(self) -> None:
+        """Stop batching and release threads."""
+        if self._batcher is not None:
+            await self._batcher.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,215 @@
+"""The one typed settings object: read from fleet.yaml, then overridden by environment variables.
+
+Environment overrides use the prefix ``MODELFLEET__`` and ``__`` between nested keys, so
+``MODELFLEET__GATEWAY__PORT=9000`` sets ``gateway.port``. Values are parsed as YAML scalars.
+Only entry points read the environment; everything below receives a :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from modelfleet.errors import ConfigError
+
+ENV_PREFIX = "MODELFLEET__"
+_NAME = r"^[a-z][a-z0-9_-]{0,62}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BatchingSettings(_Strict):
+    """Overrides a model class's own batching policy."""
+
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000)
+
+
+class ModelSettings(_Strict):
+    """One model: the class that implements it and the keyword arguments it is built with."""
+
+    class_: str = Field(alias="class", min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    batching: BatchingSettings | Literal[False] | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ServiceSettings(_Strict):
+    """A deployable unit: one worker process per replica, hosting the listed models packed together."""
+
+    kind: Literal["worker"] = "worker"
+    models: list[str] = Field(min_length=1)
+    replicas: int = Field(1, ge=1, le=64)
+    port: int | None = Field(None, ge=1, le=65535, description="first replica's port; later replicas +1")
+
+    @field_validator("models")
+    @classmethod
+    def _no_duplicates(cls, models: list[str]) -> list[str]:
+        seen = {m for m in models if models.count(m) > 1}
+        if seen:
+            raise ValueError(f"model listed twice: {', '.join(sorted(seen))}")
+        return models
+
+
+class GatewaySettings(_Strict):
+    """The single entry point in front of every worker."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    body_limit_bytes: int = Field(1_048_576, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+    connect_timeout_s: float = Field(2.0, gt=0)
+    max_connections_per_replica: int = Field(128, ge=1)
+    health_interval_s: float = Field(1.0, gt=0)
+    health_timeout_s: float = Field(1.0, gt=0)
+    failures_to_eject: int = Field(3, ge=1)
+
+
+class WorkerSettings(_Strict):
+    """Settings shared by every worker process."""
+
+    host: str = "127.0.0.1"
+    body_limit_bytes: int = Field(4_194_304, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+    max_inputs_per_request: int = Field(1024, ge=1)
+
+
+class SupervisorSettings(_Strict):
+    """How the fleet's processes are started, watched and stopped."""
+
+    run_dir: str = ".modelfleet/run"
+    ready_timeout_s: float = Field(180.0, gt=0)
+    restart_backoff_initial_s: float = Field(0.5, gt=0)
+    restart_backoff_max_s: float = Field(30.0, gt=0)
+    restart_reset_after_s: float = Field(30.0, gt=0)
+    drain_timeout_s: float = Field(10.0, ge=0)
+
+
+class Settings(_Strict):
+    """Everything a modelfleet process needs to know, validated as a whole."""
+
+    data_dir: str = ".modelfleet"
+    store_url: str = "sqlite:///.modelfleet/modelfleet.db"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)  # type: ignore[arg-type]
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)  # type: ignore[arg-type]
+    supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)  # type: ignore[arg-type]
+    models: dict[str, ModelSettings] = Field(min_length=1)
+    services: dict[str, ServiceSettings] = Field(min_length=1)
+
+    @field_validator("store_url")
+    @classmethod
+    def _known_store(cls, url: str) -> str:
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", url):
+            raise ValueError("must start with sqlite:// or postgresql://")
+        return url
+
+    @field_validator("models", "services")
+    @classmethod
+    def _names(cls, entries: dict[str, Any]) -> dict[str, Any]:
+        for name in entries:
+            if not re.match(_NAME, name):
+                raise ValueError(f"name {name!r} must be lower-case letters, digits, '-' or '_'")
+        return entries
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Settings:
+        hosted: dict[str, str] = {}
+        for service_name, service in self.services.items():
+            for index, model in enumerate(service.models):
+                if model not in self.models:
+                    known = ", ".join(sorted(self.models))
+                    raise ValueError(
+                        f"services.{service_name}.models[{index}]: unknown model {model!r} (known: {known})"
+                    )
+                if model in hosted:
+                    raise ValueError(
+                        f"services.{service_name}.models[{index}]: model {model!r} is already "
+                        f"hosted by service {hosted[model]!r}; scale with replicas instead"
+                    )
+                hosted[model] = service_name
+        ports: dict[int, str] = {}
+        if self.gateway.port:
+            ports[self.gateway.port] = "gateway.port"
+        for service_name, service in self.services.items():
+            if service.port is None:
+                continue
+            for replica in range(service.replicas):
+                port = service.port + replica
+                if port in ports:
+                    raise ValueError(
+                        f"services.{service_name}.port: replica {replica} would use port {port}, "
+                        f"already taken by {ports[port]}"
+                    )
+                ports[port] = f"services.{service_name}"
+        return self
+
+    def service_of(self, model: str) -> str:
+        """The service that hosts ``model``; raises KeyError if none does."""
+        for name, service in self.services.items():
+            if model in service.models:
+                return name
+        raise KeyError(model)
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if p not in ("function-after[_cross_check()]",))
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}")
+    return "\n".join(lines)
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
+
+
+def settings_from_dict(data: Mapping[str, Any], source: str = "settings", env: Mapping[str, str] | None = None) -> Settings:
+    """Validate ``data`` (plus environment overrides) into Settings; raises ConfigError naming each bad field."""
+    merged: dict[str, Any] = yaml.safe_load(yaml.safe_dump(dict(data))) or {}
+    if env:
+        _apply_env(merged, env)
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format_error(source, err)) from None
+
+
+def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
+    """Read a fleet.yaml file; raises ConfigError when it is missing, not YAML, or invalid."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, not {type(data).__name__}")
+    return settings_from_dict(data, source=str(path), env=env)

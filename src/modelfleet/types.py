@@ -1,0 +1,16 @@
+"""Shared vocabulary: the ASGI callables every HTTP-facing room is built from."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+JSON_CONTENT_TYPE = b"application/json"
+REQUEST_ID_HEADER = b"x-request-id"
+TIMEOUT_HEADER = b"x-request-timeout-ms"

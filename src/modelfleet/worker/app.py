@@ -1,0 +1,319 @@
+"""The worker's ASGI application: plain JSON predict, Open Inference Protocol v2, metrics, OpenAPI.
+
+Routes are matched by splitting the path once; the table below is the whole surface.
+
+    GET  /v1/models                          models hosted here
+    GET  /v1/models/{name}                   one model, with its input and output schemas
+    POST /v1/models/{name}/predict           one input object, or an array of them
+    GET  /v2                                 server metadata
+    GET  /v2/health/live | /v2/health/ready
+    GET  /v2/models/{name}[/versions/{v}]    model metadata
+    GET  /v2/models/{name}[/versions/{v}]/ready
+    POST /v2/models/{name}[/versions/{v}]/infer
+    GET  /metrics                            Prometheus text
+    GET  /openapi.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from modelfleet import __version__
+from modelfleet.errors import DeadlineExceeded, InvalidInput, MalformedRequest, ModelfleetError, ModelNotFound
+from modelfleet.http import (
+    HTTPError,
+    check_json_content_type,
+    get_header,
+    http_error_of,
+    lifespan,
+    read_body,
+    request_id_of,
+    respond,
+    respond_error,
+)
+from modelfleet.metrics import PROMETHEUS_CONTENT_TYPE, WorkerMetrics
+from modelfleet.models.runner import ModelRunner
+from modelfleet.settings import WorkerSettings
+from modelfleet.types import TIMEOUT_HEADER, Receive, Scope, Send
+from modelfleet.worker import oip
+from modelfleet.worker.openapi import openapi_document
+
+log = logging.getLogger("modelfleet.worker")
+
+
+def _validation_details(err: ValidationError, prefix: str = "") -> tuple[str, list[dict[str, object]]]:
+    details: list[dict[str, object]] = []
+    for e in err.errors(include_url=False):
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
+        details.append({"field": f"{prefix}{loc}", "message": e["msg"], "type": e["type"]})
+    summary = "; ".join(f"{d['field']}: {d['message']}" if d["field"] else str(d["message"]) for d in details[:5])
+    if len(details) > 5:
+        summary += f"; and {len(details) - 5} more"
+    return summary, details
+
+
+class WorkerApp:
+    """Serves the models of one service. Models are loaded before the app is handed to the server."""
+
+    def __init__(self, service: str, runners: dict[str, ModelRunner], settings: WorkerSettings) -> None:
+        self.service = service
+        self.runners = runners
+        self.settings = settings
+        self.metrics = WorkerMetrics(service)
+        self._openapi: bytes | None = None
+        for name, runner in runners.items():
+            runner.on_batch = self.metrics.batch_size.get(service, name).observe  # type: ignore[attr-defined]
+
+    @property
+    def ready(self) -> bool:
+        return all(r.ready for r in self.runners.values())
+
+    def load(self) -> None:
+        """Load every model, in order; raises whatever a model's load raises."""
+        for name, runner in self.runners.items():
+            started = time.perf_counter()
+            runner.load()
+            self.metrics.ready.labels(self.service, name).set(1)
+            log.info("loaded model %s in %.2fs", name, time.perf_counter() - started)
+
+    async def close(self) -> None:
+        for runner in self.runners.values():
+            await runner.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await lifespan(receive, send, on_shutdown=self.close)
+            return
+        rid = request_id_of(scope)
+        try:
+            await self._dispatch(scope, receive, send, rid)
+        except HTTPError as err:
+            await respond_error(send, err, rid)
+        except ModelfleetError as err:
+            await respond_error(send, http_error_of(err), rid)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            await respond_error(send, HTTPError(500, "internal error"), rid)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, rid: bytes) -> None:
+        method = scope["method"]
+        parts = scope["path"].strip("/").split("/")
+        head = parts[0]
+        n = len(parts)
+        if head == "v1" and n >= 2 and parts[1] == "models":
+            if n == 4 and parts[3] == "predict":
+                _allow(method, "POST")
+                return await self._predict(scope, receive, send, rid, parts[2])
+            if n == 2:
+                _allow(method, "GET")
+                return await respond(send, 200, orjson.dumps({"models": self._describe_all()}), rid)
+            if n == 3:
+                _allow(method, "GET")
+                return await respond(send, 200, orjson.dumps(self._describe(self._runner(parts[2]))), rid)
+        elif head == "v2":
+            if n == 1:
+                _allow(method, "GET")
+                body = {"name": "modelfleet-worker", "version": __version__, "extensions": []}
+                return await respond(send, 200, orjson.dumps(body), rid)
+            if n == 3 and parts[1] == "health" and parts[2] in ("live", "ready"):
+                _allow(method, "GET")
+                ok = parts[2] == "live" or self.ready
+                return await respond(send, 200 if ok else 503, orjson.dumps({parts[2]: ok}), rid)
+            if n >= 3 and parts[1] == "models":
+                name = parts[2]
+                version: str | None = None
+                rest = parts[3:]
+                if len(rest) >= 2 and rest[0] == "versions":
+                    version, rest = rest[1], rest[2:]
+                runner = self._runner(name, version)
+                if not rest:
+                    _allow(method, "GET")
+                    return await respond(send, 200, orjson.dumps(self._v2_metadata(runner)), rid)
+                if rest == ["ready"]:
+                    _allow(method, "GET")
+                    return await respond(
+                        send, 200 if runner.ready else 503, orjson.dumps({"name": name, "ready": runner.ready}), rid
+                    )
+                if rest == ["infer"]:
+                    _allow(method, "POST")
+                    return await self._infer(scope, receive, send, rid, runner)
+        elif n == 1 and head == "metrics":
+            _allow(method, "GET")
+            return await respond(send, 200, self.metrics.render(), rid, content_type=PROMETHEUS_CONTENT_TYPE)
+        elif n == 1 and head == "openapi.json":
+            _allow(method, "GET")
+            if self._openapi is None:
+                self._openapi = orjson.dumps(openapi_document(self.service, self.runners))
+            return await respond(send, 200, self._openapi, rid)
+        raise HTTPError(404, f"no route for {method} {scope['path']}")
+
+    def _runner(self, name: str, version: str | None = None) -> ModelRunner:
+        runner = self.runners.get(name)
+        if runner is None:
+            raise ModelNotFound(f"model {name!r} is not served here (serving: {', '.join(self.runners)})")
+        if version is not None and version != runner.version:
+            raise ModelNotFound(f"model {name!r} has no version {version!r} (serving version {runner.version!r})")
+        return runner
+
+    def _timeout_s(self, scope: Scope) -> float:
+        limit = self.settings.request_timeout_s
+        raw = get_header(scope, TIMEOUT_HEADER)
+        if raw is not None:
+            try:
+                requested = float(raw) / 1000.0
+            except ValueError:
+                raise HTTPError(400, "x-request-timeout-ms must be a number of milliseconds") from None
+            if requested <= 0:
+                raise DeadlineExceeded("the request's deadline had already passed when it arrived")
+            limit = min(limit, requested)
+        return limit
+
+    async def _run(self, scope: Scope, runner: ModelRunner, inputs: list[BaseModel]) -> list[BaseModel]:
+        timeout_s = self._timeout_s(scope)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await runner.predict(inputs)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"model {runner.name!r} did not answer within the deadline of {timeout_s * 1000:.0f} ms"
+            ) from None
+
+    async def _predict(self, scope: Scope, receive: Receive, send: Send, rid: bytes, name: str) -> None:
+        started = time.perf_counter()
+        code = 500
+        count = 0
+        try:
+            runner = self._runner(name)
+            check_json_content_type(scope)
+            body = await read_body(scope, receive, self.settings.body_limit_bytes)
+            single, inputs = self._parse_plain(runner, body)
+            count = len(inputs)
+            outputs = await self._run(scope, runner, inputs)
+            if single:
+                payload = runner.output_one.dump_json(outputs[0])
+                out = b'{"model":"%s","version":"%s","output":%s}' % (
+                    name.encode(),
+                    runner.version.encode(),
+                    payload,
+                )
+            else:
+                payload = runner.output_many.dump_json(outputs)
+                out = b'{"model":"%s","version":"%s","outputs":%s}' % (
+                    name.encode(),
+                    runner.version.encode(),
+                    payload,
+                )
+            code = 200
+            await respond(send, 200, out, rid)
+        except HTTPError as err:
+            code = err.status
+            raise
+        except ModelfleetError as err:
+            code = http_error_of(err).status
+            raise
+        finally:
+            self.metrics.observe(name if name in self.runners else "_unknown", "v1", code, time.perf_counter() - started, count)
+
+    def _parse_plain(self, runner: ModelRunner, body: bytes) -> tuple[bool, list[BaseModel]]:
+        stripped = body.lstrip()
+        if not stripped:
+            raise MalformedRequest("empty body; send a JSON object (one input) or an array of input objects")
+        first = stripped[:1]
+        single = first == b"{"
+        if not single and first != b"[":
+            try:
+                orjson.loads(stripped)
+            except orjson.JSONDecodeError as err:
+                raise MalformedRequest(f"malformed JSON: {err}") from None
+            raise InvalidInput("the body must be a JSON object (one input) or an array of input objects")
+        try:
+            if single:
+                return True, [runner.input_one.validate_json(stripped)]
+            inputs: list[BaseModel] = runner.input_many.validate_json(stripped)
+        except ValidationError as err:
+            if any(e["type"] == "json_invalid" for e in err.errors()):
+                raise MalformedRequest(f"malformed JSON: {err.errors()[0]['msg']}") from None
+            summary, details = _validation_details(err)
+            raise InvalidInput(f"invalid input for model {runner.name!r}: {summary}", details) from None
+        if not inputs:
+            raise InvalidInput("the array of inputs is empty; send at least one input")
+        if len(inputs) > self.settings.max_inputs_per_request:
+            raise InvalidInput(
+                f"{len(inputs)} inputs in one request; the limit is {self.settings.max_inputs_per_request}"
+            )
+        return False, inputs
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send, rid: bytes, runner: ModelRunner) -> None:
+        started = time.perf_counter()
+        code = 500
+        count = 0
+        try:
+            check_json_content_type(scope)
+            body = await read_body(scope, receive, self.settings.body_limit_bytes)
+            request, rows = oip.decode_request(body, runner.input_type)
+            if len(rows) > self.settings.max_inputs_per_request:
+                raise InvalidInput(
+                    f"batch of {len(rows)} in one request; the limit is {self.settings.max_inputs_per_request}"
+                )
+            try:
+                inputs: list[BaseModel] = runner.input_many.validate_python(rows)
+            except ValidationError as err:
+                summary, details = _validation_details(err, prefix="row")
+                raise InvalidInput(f"invalid input for model {runner.name!r}: {summary}", details) from None
+            count = len(inputs)
+            outputs = await self._run(scope, runner, inputs)
+            out = oip.encode_response(runner.name, runner.version, runner.output_type, outputs, request)
+            code = 200
+            await respond(send, 200, out, rid)
+        except HTTPError as err:
+            code = err.status
+            raise
+        except ModelfleetError as err:
+            code = http_error_of(err).status
+            raise
+        finally:
+            self.metrics.observe(runner.name, "v2", code, time.perf_counter() - started, count)
+
+    def _describe(self, runner: ModelRunner) -> dict[str, Any]:
+        model = runner.model
+        batching = runner.batching
+        return {
+            "name": runner.name,
+            "version": runner.version,
+            "ready": runner.ready,
+            "service": self.service,
+            "description": type(model).description,
+            "class": f"{type(model).__module__}:{type(model).__qualname__}",
+            "batching": (
+                {"max_batch_size": batching.max_batch_size, "max_wait_ms": batching.max_wait_ms} if batching else None
+            ),
+            "input_schema": runner.input_type.model_json_schema(),
+            "output_schema": runner.output_type.model_json_schema(),
+        }
+
+    def _describe_all(self) -> list[dict[str, Any]]:
+        return [
+            {"name": r.name, "version": r.version, "ready": r.ready, "service": self.service}
+            for r in self.runners.values()
+        ]
+
+    def _v2_metadata(self, runner: ModelRunner) -> dict[str, Any]:
+        return {
+            "name": runner.name,
+            "versions": [runner.version],
+            "platform": "modelfleet",
+            "inputs": [s.metadata() for s in oip.tensor_specs(runner.input_type)],
+            "outputs": [s.metadata() for s in oip.tensor_specs(runner.output_type)],
+        }
+
+
+def _allow(method: str, allowed: str) -> None:
+    if method != allowed and not (allowed == "GET" and method == "HEAD"):
+        raise HTTPError(405, f"method {method} not allowed here; use {allowed}")
