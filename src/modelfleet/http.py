@@ -48,7 +48,7 @@ STATUS_OF: dict[type[ModelfleetError], int] = {
 def http_error_of(err: ModelfleetError) -> HTTPError:
     """Map a domain error to the HTTP answer it deserves."""
     for cls in type(err).__mro__:
-        status = STATUS_OF.get(cls)  # type: ignore[call-overload]
+        status = STATUS_OF.get(cls)
         if status is not None:
             details = err.details if isinstance(err, InvalidInput) else None
             return HTTPError(status, str(err), details or None)

@@ -67,7 +67,10 @@ class WorkerMetrics:
             )
         )
         self.ready = Gauge(
-            "modelfleet_worker_model_ready", "1 when the model is loaded.", ["service", "model"], registry=self.registry
+            "modelfleet_worker_model_ready",
+            "1 when the model is loaded.",
+            ["service", "model"],
+            registry=self.registry,
         )
 
     def observe(self, model: str, api: str, code: int, seconds: float, inputs: int) -> None:

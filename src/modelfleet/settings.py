@@ -186,8 +186,10 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
         node[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
 
 
-def settings_from_dict(data: Mapping[str, Any], source: str = "settings", env: Mapping[str, str] | None = None) -> Settings:
-    """Validate ``data`` (plus environment overrides) into Settings; raises ConfigError naming each bad field."""
+def settings_from_dict(
+    data: Mapping[str, Any], source: str = "settings", env: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate ``data`` plus environment overrides; raises ConfigError naming each bad field."""
     merged: dict[str, Any] = yaml.safe_load(yaml.safe_dump(dict(data))) or {}
     if env:
         _apply_env(merged, env)

@@ -71,7 +71,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     while pid_alive(state.supervisor_pid):
         if time.monotonic() > deadline:
-            print(f"supervisor {state.supervisor_pid} still running after {args.timeout:.0f}s", file=sys.stderr)
+            print(
+                f"supervisor {state.supervisor_pid} still running after {args.timeout:.0f}s", file=sys.stderr
+            )
             return 1
         time.sleep(0.1)
     print("modelfleet stopped")
@@ -105,7 +107,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = []
     for proc in state.processes:
         alive = pid_alive(proc.pid)
-        status, body = _get_json(f"{proc.url}/v2/health/ready", timeout_s=1.0) if alive else (0, None)
+        status, _ = _get_json(f"{proc.url}/v2/health/ready", timeout_s=1.0) if alive else (0, None)
         models: list[str] = []
         if proc.role == "worker" and status == 200:
             _, listing = _get_json(f"{proc.url}/v1/models", timeout_s=1.0)
@@ -124,7 +126,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             }
         )
     if args.json:
-        print(json.dumps({"running": True, "supervisor_pid": state.supervisor_pid, "gateway": state.gateway_url, "processes": rows}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "running": True,
+                    "supervisor_pid": state.supervisor_pid,
+                    "gateway": state.gateway_url,
+                    "processes": rows,
+                },
+                indent=2,
+            )
+        )
         return 0
     print(f"fleet running: supervisor pid {state.supervisor_pid}, gateway {state.gateway_url}")
     header = f"{'NAME':<16} {'SERVICE':<12} {'PID':>7} {'READY':<6} {'RESTARTS':>8}  {'URL':<24} MODELS"
@@ -132,7 +144,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for row in rows:
         print(
             f"{row['name']:<16} {row['service'] or '-':<12} {row['pid'] or '-':>7} "
-            f"{'yes' if row['ready'] else 'no':<6} {row['restarts']:>8}  {row['url']:<24} {', '.join(row['models'])}"
+            f"{'yes' if row['ready'] else 'no':<6} {row['restarts']:>8}  {row['url']:<24} "
+            f"{', '.join(row['models'])}"
         )
     return 0
 
@@ -142,7 +155,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     url = args.url
     if url is None:
         settings, state = _state(args)
-        url = state.gateway_url if state is not None else f"http://{settings.gateway.host}:{settings.gateway.port}"
+        url = (
+            state.gateway_url
+            if state is not None
+            else f"http://{settings.gateway.host}:{settings.gateway.port}"
+        )
     text = args.text
     stripped = text.lstrip()
     if stripped.startswith(("{", "[")):
@@ -198,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, func: Any) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=(func.__doc__ or "").strip().splitlines()[0], description=func.__doc__)
-        p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="fleet configuration (default: fleet.yaml)")
+        p.add_argument(
+            "-c", "--config", default=DEFAULT_CONFIG, help="fleet configuration (default: fleet.yaml)"
+        )
         p.set_defaults(func=func)
         return p
 

@@ -50,7 +50,8 @@ class GatewayApp:
         self.settings = settings
         self.metrics = GatewayMetrics()
         self.services = {
-            name: ReplicaSet(name, endpoints, settings, self.metrics) for name, endpoints in plan.services.items()
+            name: ReplicaSet(name, endpoints, settings, self.metrics)
+            for name, endpoints in plan.services.items()
         }
         self.model_service = dict(plan.models)
         self._health_task: asyncio.Task[None] | None = None
@@ -70,7 +71,9 @@ class GatewayApp:
         while True:
             await asyncio.sleep(self.settings.health_interval_s)
             try:
-                await asyncio.gather(*(s.probe(self.settings.health_timeout_s) for s in self.services.values()))
+                await asyncio.gather(
+                    *(s.probe(self.settings.health_timeout_s) for s in self.services.values())
+                )
             except Exception:
                 log.exception("health probing failed")
 
@@ -104,15 +107,15 @@ class GatewayApp:
                 return await respond(send, 200, orjson.dumps(self.describe()), rid)
         if head == "v2" and method in ("GET", "HEAD"):
             if n == 1:
-                body = {"name": "modelfleet-gateway", "version": __version__, "extensions": []}
-                return await respond(send, 200, orjson.dumps(body), rid)
+                meta = {"name": "modelfleet-gateway", "version": __version__, "extensions": []}
+                return await respond(send, 200, orjson.dumps(meta), rid)
             if n == 3 and parts[1] == "health" and parts[2] == "live":
                 return await respond(send, 200, b'{"live":true}', rid)
             if n == 3 and parts[1] == "health" and parts[2] == "ready":
                 down = [name for name, s in self.services.items() if not s.any_healthy()]
                 if down:
-                    body = {"ready": False, "services_down": down}
-                    return await respond(send, 503, orjson.dumps(body), rid)
+                    not_ready = {"ready": False, "services_down": down}
+                    return await respond(send, 503, orjson.dumps(not_ready), rid)
                 return await respond(send, 200, b'{"ready":true}', rid)
         if n == 1 and head == "metrics" and method in ("GET", "HEAD"):
             return await respond(send, 200, self.metrics.render(), rid, content_type=PROMETHEUS_CONTENT_TYPE)
@@ -208,7 +211,10 @@ class GatewayApp:
                     continue
                 try:
                     status, body = await fetch(
-                        replica.endpoint.host, replica.endpoint.port, "/v1/models", self.settings.health_timeout_s
+                        replica.endpoint.host,
+                        replica.endpoint.port,
+                        "/v1/models",
+                        self.settings.health_timeout_s,
                     )
                 except Exception:
                     continue

@@ -109,7 +109,9 @@ class ReplicaSet:
 
     async def _probe_one(self, replica: Replica, timeout_s: float) -> None:
         try:
-            status, _ = await fetch(replica.endpoint.host, replica.endpoint.port, "/v2/health/ready", timeout_s)
+            status, _ = await fetch(
+                replica.endpoint.host, replica.endpoint.port, "/v2/health/ready", timeout_s
+            )
         except Exception as err:
             self.report_failure(replica, f"health probe failed: {err or type(err).__name__}", fatal=False)
             return

@@ -139,7 +139,9 @@ class UpstreamPool:
             async with asyncio.timeout(self._connect_timeout_s):
                 _, conn = await loop.create_connection(lambda: _Connection(self), self.host, self.port)
         except (OSError, TimeoutError) as err:
-            raise UpstreamError(f"cannot connect to {self.host}:{self.port}: {err or 'timed out'}", connect=True) from None
+            raise UpstreamError(
+                f"cannot connect to {self.host}:{self.port}: {err or 'timed out'}", connect=True
+            ) from None
         return conn
 
     async def _acquire(self) -> _Connection:
@@ -188,7 +190,10 @@ class UpstreamPool:
             self._wake_one()
 
     def _encode(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
-        lines = [b"%s %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %d\r\n" % (method, target, self._host_header, len(body))]
+        lines = [
+            b"%s %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %d\r\n"
+            % (method, target, self._host_header, len(body))
+        ]
         lines.extend(b"%s: %s\r\n" % (k, v) for k, v in headers)
         lines.append(b"\r\n")
         lines.append(body)

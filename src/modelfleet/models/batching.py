@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -109,7 +110,8 @@ class DynamicBatcher(Generic[T, R]):
             results = await self._run_batch([entry.item for entry in batch])
             if len(results) != len(batch):
                 raise RuntimeError(
-                    f"predict returned {len(results)} outputs for {len(batch)} inputs; it must return one per input"
+                    f"predict returned {len(results)} outputs for {len(batch)} inputs; "
+                    "it must return one per input"
                 )
         except Exception as exc:  # the error belongs to every caller in the batch
             for entry in batch:
@@ -124,9 +126,7 @@ class DynamicBatcher(Generic[T, R]):
         """Stop the batching task; queued inputs fail with CancelledError."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         while self._pending:
             self._pending.popleft().future.cancel()

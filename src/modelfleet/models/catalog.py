@@ -76,7 +76,9 @@ def build_runner(name: str, spec: ModelSettings, data_dir: str) -> ModelRunner:
 def build_service_runners(settings: Settings, service: str) -> dict[str, ModelRunner]:
     """Runners for every model a service hosts, in configured order."""
     if service not in settings.services:
-        raise ConfigError(f"services: no service named {service!r} (known: {', '.join(sorted(settings.services))})")
+        raise ConfigError(
+            f"services: no service named {service!r} (known: {', '.join(sorted(settings.services))})"
+        )
     return {
         model: build_runner(model, settings.models[model], settings.data_dir)
         for model in settings.services[service].models

@@ -97,17 +97,24 @@ class Supervisor:
         self._children: list[_Child] = []
         self.plan: FleetPlan | None = None
         self._state: FleetState | None = None
+        # Set once this supervisor has claimed the run folder; until then it must not touch its files.
+        self._owns_run_dir = False
 
     def _argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "modelfleet", *args, "--config", str(self.config_path)]
 
     def _prepare(self) -> None:
         existing = FleetState.read(self.run_dir)
-        if existing is not None and pid_alive(existing.supervisor_pid) and existing.supervisor_pid != os.getpid():
+        if (
+            existing is not None
+            and pid_alive(existing.supervisor_pid)
+            and existing.supervisor_pid != os.getpid()
+        ):
             raise ConfigError(
                 f"a fleet is already running from {self.run_dir} (supervisor pid {existing.supervisor_pid}); "
                 "stop it with 'modelfleet down' or use another supervisor.run_dir"
             )
+        self._owns_run_dir = True
         self.plan = make_plan(self.settings)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         plan_path = self.run_dir / PLAN_FILE
@@ -117,7 +124,12 @@ class Supervisor:
                 name = f"{service}-{index}"
                 argv = self._argv("worker", "--service", service, "--port", str(endpoint.port))
                 self._children.append(
-                    _Child(ProcessState(name, "worker", service, endpoint.url), endpoint, argv, self.log_dir / f"{name}.log")
+                    _Child(
+                        ProcessState(name, "worker", service, endpoint.url),
+                        endpoint,
+                        argv,
+                        self.log_dir / f"{name}.log",
+                    )
                 )
         gateway = self.plan.gateway
         self._children.append(
@@ -128,7 +140,9 @@ class Supervisor:
                 self.log_dir / "gateway.log",
             )
         )
-        self._state = FleetState(os.getpid(), str(self.config_path), gateway.url, [c.state for c in self._children])
+        self._state = FleetState(
+            os.getpid(), str(self.config_path), gateway.url, [c.state for c in self._children]
+        )
         self._save()
 
     def _save(self) -> None:
@@ -217,7 +231,9 @@ class Supervisor:
                 uptime = time.time() - (child.state.started_at or time.time())
                 if uptime >= cfg.restart_reset_after_s:
                     child.consecutive_crashes = 0
-                backoff = min(cfg.restart_backoff_initial_s * 2**child.consecutive_crashes, cfg.restart_backoff_max_s)
+                backoff = min(
+                    cfg.restart_backoff_initial_s * 2**child.consecutive_crashes, cfg.restart_backoff_max_s
+                )
                 child.consecutive_crashes += 1
                 child.state.restarts += 1
                 child.state.status = f"crashed (exit {code}); restarting in {backoff:.1f}s"
@@ -251,9 +267,10 @@ class Supervisor:
                     child.process.kill()
                     child.process.wait()
                 child.state.status = "stopped"
-        for name in (STATE_FILE, PLAN_FILE):
-            with contextlib.suppress(FileNotFoundError):
-                (self.run_dir / name).unlink()
+        if self._owns_run_dir:
+            for name in (STATE_FILE, PLAN_FILE):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.run_dir / name).unlink()
 
     def run(self, on_ready: object = None) -> None:
         """Start, report readiness through ``on_ready(plan)``, watch, and stop on SIGINT/SIGTERM."""

@@ -52,7 +52,9 @@ def _validation_details(err: ValidationError, prefix: str = "") -> tuple[str, li
     for e in err.errors(include_url=False):
         loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
         details.append({"field": f"{prefix}{loc}", "message": e["msg"], "type": e["type"]})
-    summary = "; ".join(f"{d['field']}: {d['message']}" if d["field"] else str(d["message"]) for d in details[:5])
+    summary = "; ".join(
+        f"{d['field']}: {d['message']}" if d["field"] else str(d["message"]) for d in details[:5]
+    )
     if len(details) > 5:
         summary += f"; and {len(details) - 5} more"
     return summary, details
@@ -139,7 +141,10 @@ class WorkerApp:
                 if rest == ["ready"]:
                     _allow(method, "GET")
                     return await respond(
-                        send, 200 if runner.ready else 503, orjson.dumps({"name": name, "ready": runner.ready}), rid
+                        send,
+                        200 if runner.ready else 503,
+                        orjson.dumps({"name": name, "ready": runner.ready}),
+                        rid,
                     )
                 if rest == ["infer"]:
                     _allow(method, "POST")
@@ -159,7 +164,9 @@ class WorkerApp:
         if runner is None:
             raise ModelNotFound(f"model {name!r} is not served here (serving: {', '.join(self.runners)})")
         if version is not None and version != runner.version:
-            raise ModelNotFound(f"model {name!r} has no version {version!r} (serving version {runner.version!r})")
+            raise ModelNotFound(
+                f"model {name!r} has no version {version!r} (serving version {runner.version!r})"
+            )
         return runner
 
     def _timeout_s(self, scope: Scope) -> float:
@@ -219,7 +226,9 @@ class WorkerApp:
             code = http_error_of(err).status
             raise
         finally:
-            self.metrics.observe(name if name in self.runners else "_unknown", "v1", code, time.perf_counter() - started, count)
+            self.metrics.observe(
+                name if name in self.runners else "_unknown", "v1", code, time.perf_counter() - started, count
+            )
 
     def _parse_plain(self, runner: ModelRunner, body: bytes) -> tuple[bool, list[BaseModel]]:
         stripped = body.lstrip()
@@ -250,7 +259,9 @@ class WorkerApp:
             )
         return False, inputs
 
-    async def _infer(self, scope: Scope, receive: Receive, send: Send, rid: bytes, runner: ModelRunner) -> None:
+    async def _infer(
+        self, scope: Scope, receive: Receive, send: Send, rid: bytes, runner: ModelRunner
+    ) -> None:
         started = time.perf_counter()
         code = 500
         count = 0
@@ -260,7 +271,8 @@ class WorkerApp:
             request, rows = oip.decode_request(body, runner.input_type)
             if len(rows) > self.settings.max_inputs_per_request:
                 raise InvalidInput(
-                    f"batch of {len(rows)} in one request; the limit is {self.settings.max_inputs_per_request}"
+                    f"batch of {len(rows)} in one request; "
+                    f"the limit is {self.settings.max_inputs_per_request}"
                 )
             try:
                 inputs: list[BaseModel] = runner.input_many.validate_python(rows)
@@ -292,7 +304,9 @@ class WorkerApp:
             "description": type(model).description,
             "class": f"{type(model).__module__}:{type(model).__qualname__}",
             "batching": (
-                {"max_batch_size": batching.max_batch_size, "max_wait_ms": batching.max_wait_ms} if batching else None
+                {"max_batch_size": batching.max_batch_size, "max_wait_ms": batching.max_wait_ms}
+                if batching
+                else None
             ),
             "input_schema": runner.input_type.model_json_schema(),
             "output_schema": runner.output_type.model_json_schema(),

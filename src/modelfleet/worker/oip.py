@@ -163,7 +163,8 @@ def decode_request(body: bytes, input_type: type[BaseModel]) -> tuple[InferReque
             expected *= dim
         if expected != len(values):
             raise InvalidInput(
-                f"input tensor {tensor.name!r}: shape {tensor.shape} needs {expected} values, got {len(values)}"
+                f"input tensor {tensor.name!r}: shape {tensor.shape} needs {expected} values, "
+                f"got {len(values)}"
             )
         _check_datatype(tensor, spec, values)
         rows = tensor.shape[0]

@@ -53,7 +53,9 @@ def openapi_document(service: str, runners: dict[str, ModelRunner]) -> dict[str,
                 "requestBody": {
                     "required": True,
                     "content": {
-                        "application/json": {"schema": {"oneOf": [in_ref, {"type": "array", "items": in_ref}]}}
+                        "application/json": {
+                            "schema": {"oneOf": [in_ref, {"type": "array", "items": in_ref}]}
+                        }
                     },
                 },
                 "responses": {
@@ -78,15 +80,25 @@ def openapi_document(service: str, runners: dict[str, ModelRunner]) -> dict[str,
             }
         }
     json_object = {"application/json": {"schema": {"type": "object"}}}
-    paths["/v1/models"] = {"get": {"summary": "Models hosted here", "responses": {"200": {"description": "ok", "content": json_object}}}}
+    paths["/v1/models"] = {
+        "get": {
+            "summary": "Models hosted here",
+            "responses": {"200": {"description": "ok", "content": json_object}},
+        }
+    }
     paths["/v2/health/live"] = {"get": {"summary": "Liveness", "responses": {"200": {"description": "live"}}}}
     paths["/v2/health/ready"] = {
-        "get": {"summary": "Readiness", "responses": {"200": {"description": "ready"}, "503": {"description": "loading"}}}
+        "get": {
+            "summary": "Readiness",
+            "responses": {"200": {"description": "ready"}, "503": {"description": "loading"}},
+        }
     }
     paths["/v2/models/{model_name}/infer"] = {
         "post": {
             "summary": "Open Inference Protocol v2 inference",
-            "parameters": [{"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "parameters": [
+                {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
             "requestBody": {"required": True, "content": json_object},
             "responses": {
                 "200": {"description": "Inference response", "content": json_object},
@@ -94,7 +106,9 @@ def openapi_document(service: str, runners: dict[str, ModelRunner]) -> dict[str,
             },
         }
     }
-    paths["/metrics"] = {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}}
+    paths["/metrics"] = {
+        "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": f"modelfleet worker: {service}", "version": __version__},

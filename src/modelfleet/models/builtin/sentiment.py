@@ -47,7 +47,11 @@ class VaderSentiment(Model[SentimentInput, SentimentOutput]):
             scores = self._analyzer.polarity_scores(item.text)
             compound = scores["compound"]
             label: Literal["positive", "neutral", "negative"] = (
-                "positive" if compound >= self.threshold else "negative" if compound <= -self.threshold else "neutral"
+                "positive"
+                if compound >= self.threshold
+                else "negative"
+                if compound <= -self.threshold
+                else "neutral"
             )
             outputs.append(
                 SentimentOutput(

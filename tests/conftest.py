@@ -1,0 +1,157 @@
+"""Fixtures that start real fleets: separate processes on free loopback ports, talked to over HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SUPPORT = ROOT / "tests" / "support"
+
+
+def fleet_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SUPPORT), env.get("PYTHONPATH")]))
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def call(
+    url: str,
+    method: str = "GET",
+    body: bytes | str | dict[str, Any] | list[Any] | None = None,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> Reply:
+    """One HTTP request on a fresh connection."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
+    hdrs = {"content-type": "application/json"} if body is not None else {}
+    hdrs.update(headers or {})
+    if isinstance(body, dict | list):
+        body = json.dumps(body)
+    try:
+        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body, headers=hdrs)
+        response = conn.getresponse()
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    finally:
+        conn.close()
+
+
+@dataclass
+class RunningFleet:
+    """A fleet started with `modelfleet up` in a subprocess."""
+
+    process: subprocess.Popen[str]
+    config: Path
+    run_dir: Path
+    gateway: str = ""
+    output: list[str] = field(default_factory=list)
+
+    def cli(self, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "modelfleet", *args, "-c", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=fleet_env(),
+            check=False,
+        )
+
+    def status(self) -> dict[str, Any]:
+        result = self.cli("status", "--json")
+        return dict(json.loads(result.stdout))
+
+    def replicas(self, service: str) -> list[dict[str, Any]]:
+        return [p for p in self.status()["processes"] if p["service"] == service]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def write_config(directory: Path, config: dict[str, Any]) -> Path:
+    config = dict(config)
+    config.setdefault("data_dir", str(directory / "data"))
+    config.setdefault("store_url", f"sqlite:///{directory / 'data' / 'modelfleet.db'}")
+    config["gateway"] = {"port": 0, **config.get("gateway", {})}
+    config["supervisor"] = {"run_dir": str(directory / "run"), **config.get("supervisor", {})}
+    path = directory / "fleet.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def start_fleet(directory: Path, config: dict[str, Any] | Path, timeout_s: float = 180.0) -> RunningFleet:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = config if isinstance(config, Path) else write_config(directory, config)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelfleet", "up", "-c", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=fleet_env(),
+        cwd=directory,
+    )
+    fleet = RunningFleet(process, path, directory / "run")
+    up = threading.Event()
+
+    def drain() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            fleet.output.append(line)
+            match = re.search(r"modelfleet is up: gateway (\S+)", line)
+            if match:
+                fleet.gateway = match.group(1)
+                up.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while not up.wait(0.1):
+        if process.poll() is not None or time.monotonic() > deadline:
+            fleet.stop()
+            raise RuntimeError("fleet did not come up:\n" + "".join(fleet.output))
+    return fleet
+
+
+@pytest.fixture
+def fleet_factory(tmp_path: Path) -> Iterator[Any]:
+    started: list[RunningFleet] = []
+
+    def factory(config: dict[str, Any] | Path, name: str = "fleet") -> RunningFleet:
+        fleet = start_fleet(tmp_path / name, config)
+        started.append(fleet)
+        return fleet
+
+    yield factory
+    for fleet in started:
+        fleet.stop()
