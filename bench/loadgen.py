@@ -56,7 +56,11 @@ class Generator:
 
     def _maybe_drained(self, force: bool = False) -> None:
         drained = self.drained
-        if drained is not None and not drained.done() and (force or (self.phase == 2 and self.in_flight == 0)):
+        if (
+            drained is not None
+            and not drained.done()
+            and (force or (self.phase == 2 and self.in_flight == 0))
+        ):
             drained.set_result(None)
 
     def completed(self, status: int, latency: float, body: bytes) -> None:
@@ -107,7 +111,9 @@ class Connection(asyncio.Protocol):
 
     def _on_data(self, data: bytes) -> None:
         if not self.busy:
-            raise ProtocolFailure(f"received {len(data)} bytes while no request was outstanding: {data[:200]!r}")
+            raise ProtocolFailure(
+                f"received {len(data)} bytes while no request was outstanding: {data[:200]!r}"
+            )
         buf = self.buf + data if self.buf else data
         if self.need < 0:
             end = buf.find(b"\r\n\r\n")
@@ -246,7 +252,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "mean_ms": sum(lat) / len(lat) * 1000.0 if lat else None,
         "loadgen_cpu_s": marks["self1"] - marks["self0"],
         "loadgen_cpu_ms_per_req": (marks["self1"] - marks["self0"]) * 1000.0 / total if total else None,
-        "server_cpu_s": {str(pid): b - a for pid, a, b in zip(args.pid, marks["srv0"], marks["srv1"], strict=True)},
+        "server_cpu_s": {
+            str(pid): b - a for pid, a, b in zip(args.pid, marks["srv0"], marks["srv1"], strict=True)
+        },
         "machine_busy_pct": 100.0 * busy / all_time if all_time > 0 else None,
     }
 
@@ -260,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--pid", type=int, action="append", default=[], help="server process to sample CPU of")
+    parser.add_argument(
+        "--pid", type=int, action="append", default=[], help="server process to sample CPU of"
+    )
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("only loopback targets are allowed")

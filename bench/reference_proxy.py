@@ -67,11 +67,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream", required=True, help="base URL of the service, e.g. http://127.0.0.1:9001")
+    parser.add_argument(
+        "--upstream", required=True, help="base URL of the service, e.g. http://127.0.0.1:9001"
+    )
     args = parser.parse_args()
     UPSTREAM = args.upstream.rstrip("/")
     uvicorn.run(
-        app, host=args.host, port=args.port, loop="uvloop", http="httptools", access_log=False, log_level="warning"
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
     )
 
 

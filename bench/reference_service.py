@@ -30,7 +30,9 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"ready": True})
 
 
-app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/ready", ready, methods=["GET"])])
+app = Starlette(
+    routes=[Route("/predict", predict, methods=["POST"]), Route("/ready", ready, methods=["GET"])]
+)
 
 
 def main() -> None:
@@ -39,7 +41,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     uvicorn.run(
-        app, host=args.host, port=args.port, loop="uvloop", http="httptools", access_log=False, log_level="warning"
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
     )
 
 
