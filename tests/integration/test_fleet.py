@@ -3,6 +3,7 @@ and every test talks real HTTP to them."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -363,3 +364,14 @@ def test_a_model_that_cannot_load_fails_startup_with_its_log(tmp_path: Path) -> 
     )
     assert result.returncode == 2
     assert "models.a.params" in result.stderr
+
+
+def test_cli_predict_through_the_gateway(fleet: RunningFleet) -> None:
+    result = fleet.cli("predict", "sentiment", "what a lovely day")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["output"]["label"] == "positive"
+    raw = fleet.cli("predict", "language", '[{"text": "guten Morgen, wie geht es dir"}]')
+    assert json.loads(raw.stdout)["outputs"][0]["language"] == "de"
+    missing = fleet.cli("predict", "nope", "x")
+    assert missing.returncode == 1
+    assert "error 404: model 'nope' is not served" in missing.stderr

@@ -42,11 +42,18 @@ async def upstream(handler: Handler) -> tuple[asyncio.Server, int, list[bytes]]:
 
 
 def ok(body: bytes = b'{"ok":true}') -> bytes:
-    return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
 
 
 async def asgi(
-    app: GatewayApp, method: str, path: str, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None
+    app: GatewayApp,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> tuple[int, dict[bytes, bytes], bytes]:
     scope: dict[str, Any] = {
         "type": "http",
@@ -127,7 +134,7 @@ def test_keep_alive_connection_is_reused_and_chunked_bodies_are_joined() -> None
     async def scenario() -> None:
         chunked = (
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
-            b"5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n"
+            b'5\r\n{"a":\r\n2\r\n1}\r\n0\r\n\r\n'
         )
         server, port, heads = await upstream(lambda head, body: _const(chunked))
         app = gateway([port])
