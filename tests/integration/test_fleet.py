@@ -375,3 +375,34 @@ def test_cli_predict_through_the_gateway(fleet: RunningFleet) -> None:
     missing = fleet.cli("predict", "nope", "x")
     assert missing.returncode == 1
     assert "error 404: model 'nope' is not served" in missing.stderr
+
+
+def _healthy(fleet: RunningFleet, replica: str) -> bool:
+    services = call(f"{fleet.gateway}/v1/fleet").json()["services"]
+    return next(r["healthy"] for s in services.values() for r in s["replicas"] if r["name"] == replica)
+
+
+def _wait_for(predicate: Any, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_replica_that_stops_answering_leaves_rotation_and_comes_back(fleet: RunningFleet) -> None:
+    victim = {p["name"]: p for p in fleet.replicas("light")}["light-1"]
+    os.kill(victim["pid"], signal.SIGSTOP)
+    try:
+        # Given a frozen replica (alive, but silent), when health probes time out, it leaves rotation.
+        assert _wait_for(lambda: not _healthy(fleet, "light-1"), 10), "frozen replica still in rotation"
+        replies = [
+            predict(fleet, "sleepy", {"text": "x"}, headers={"x-request-timeout-ms": "3000"})
+            for _ in range(20)
+        ]
+        assert [r.status for r in replies] == [200] * 20
+        assert victim["pid"] not in {r.json()["output"]["pid"] for r in replies}
+    finally:
+        os.kill(victim["pid"], signal.SIGCONT)
+    assert _wait_for(lambda: _healthy(fleet, "light-1"), 10), "thawed replica not back in rotation"
