@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -54,15 +55,20 @@ BATCH = 32
 MAX_RAW_CALLS = 20_000_000
 TARGET_RATIO = 0.8
 TARGET_C = 16
+NOISE_CORES = 0.25
 
+END = " (end)"  # suffix of the raw baselines measured again once every server has stopped
 VARIANT_ORDER = {
     f"raw batch-{BATCH}": 0,
-    "raw": 1,
-    "raw single": 1,
-    "worker direct": 2,
-    "gateway→worker": 3,
-    "bare service direct": 4,
-    "bare proxy→service": 5,
+    f"raw batch-{BATCH}{END}": 1,
+    "raw": 2,
+    "raw single": 2,
+    f"raw{END}": 3,
+    f"raw single{END}": 3,
+    "worker direct": 4,
+    "gateway→worker": 5,
+    "bare service direct": 6,
+    "bare proxy→service": 7,
 }
 
 WORKLOADS: dict[str, dict[str, str]] = {
@@ -83,7 +89,7 @@ WORKLOADS: dict[str, dict[str, str]] = {
     },
 }
 
-FLEET_YAML = """\
+FLEET_HEAD = """\
 # Written by bench/bench_foundation.py for one benchmark run.
 data_dir: {data_dir}
 store_url: sqlite:///{tmp}/modelfleet.db
@@ -98,27 +104,29 @@ supervisor:
   ready_timeout_s: 600
 
 models:
-  echo:
-    class: echo
-  sentiment:
-    class: vader-sentiment
-  embedder:
-    class: minilm-embedder
-    params:
-      runtime: onnx-int8
-      threads: 2
-    batching:
-      max_batch_size: 32
-      max_wait_ms: 5
-
-services:
-  light:
-    models: [echo, sentiment]
-    replicas: 1
-  embed:
-    models: [embedder]
-    replicas: 1
 """
+FLEET_MODELS = {
+    "echo": "  echo:\n    class: echo\n",
+    "sentiment": "  sentiment:\n    class: vader-sentiment\n",
+    "embedder": (
+        "  embedder:\n    class: minilm-embedder\n    params:\n      runtime: onnx-int8\n      threads: 2\n"
+        "    batching:\n      max_batch_size: 32\n      max_wait_ms: 5\n"
+    ),
+}
+FLEET_SERVICES = {
+    "light": "  light:\n    models: [echo, sentiment]\n    replicas: 1\n",
+    "embed": "  embed:\n    models: [embedder]\n    replicas: 1\n",
+}
+
+
+def fleet_yaml(tmp: Path, workloads: Sequence[str]) -> str:
+    """The bench's fleet: service light (echo, sentiment) and service embed (embedder), as far as needed."""
+    services = [s for s in FLEET_SERVICES if any(WORKLOADS[w]["service"] == s for w in workloads)]
+    models = [m for s in services for m in (["echo", "sentiment"] if s == "light" else ["embedder"])]
+    text = FLEET_HEAD.format(data_dir=DATA_DIR, tmp=tmp)
+    text += "".join(FLEET_MODELS[m] for m in models)
+    text += "\nservices:\n" + "".join(FLEET_SERVICES[s] for s in services)
+    return text
 
 
 @dataclass
@@ -135,6 +143,7 @@ class Row:
     cpu_split: dict[str, float] = field(default_factory=dict)
     loadgen_cpu_ms_per_req: float | None = None
     machine_busy_pct: float | None = None
+    other_cores: float | None = None
     ratio_to_raw: float | None = None
     requests: int = 0
     errors: int = 0
@@ -232,6 +241,38 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+class QuietBudget:
+    """Seconds this run may still spend waiting for other work on the machine to finish."""
+
+    left_s = 300.0
+    waited_s = 0.0
+
+
+def busy_cores(interval_s: float = 0.5) -> float:
+    before = psutil.cpu_times()
+    time.sleep(interval_s)
+    after = psutil.cpu_times()
+    busy = (sum(after) - after.idle - after.iowait) - (sum(before) - before.idle - before.iowait)
+    return float(busy) / interval_s
+
+
+def wait_quiet(label: str, max_wait_s: float = 30.0) -> None:
+    """Before a measurement: wait (bounded) while other processes keep the machine busy."""
+    started = time.monotonic()
+    deadline = started + min(max_wait_s, QuietBudget.left_s)
+    busy = busy_cores()
+    if busy <= NOISE_CORES:
+        return
+    log(f"{label}: {busy:.2f} cores busy before measuring; waiting up to {deadline - started:.0f}s for quiet")
+    while busy > NOISE_CORES and time.monotonic() < deadline:
+        time.sleep(1.0)
+        busy = busy_cores()
+    waited = time.monotonic() - started
+    QuietBudget.left_s = max(0.0, QuietBudget.left_s - waited)
+    QuietBudget.waited_s += waited
+    log(f"{label}: {'quiet' if busy <= NOISE_CORES else 'still busy'} ({busy:.2f} cores) after {waited:.0f}s")
+
+
 # ---------------------------------------------------------------------------------------------- raw
 
 
@@ -258,6 +299,7 @@ def time_calls(call: Callable[[], object], warmup_s: float, duration_s: float) -
             break
     latencies: list[float] = []
     perf = time.perf_counter
+    sys0 = psutil.cpu_times()
     cpu0 = time.process_time()
     start = perf()
     end = start + duration_s
@@ -271,6 +313,8 @@ def time_calls(call: Callable[[], object], warmup_s: float, duration_s: float) -
             break
     window = now - start
     cpu = time.process_time() - cpu0
+    sys1 = psutil.cpu_times()
+    busy = (sum(sys1) - sys1.idle - sys1.iowait) - (sum(sys0) - sys0.idle - sys0.iowait)
     latencies.sort()
     n = len(latencies)
     return {
@@ -280,7 +324,32 @@ def time_calls(call: Callable[[], object], warmup_s: float, duration_s: float) -
         "p50_ms": latencies[n // 2] * 1000.0,
         "p99_ms": latencies[min(n - 1, int(0.99 * n))] * 1000.0,
         "cpu_ms_per_call": cpu * 1000.0 / n,
+        "machine_busy_pct": 100.0 * busy / max(1e-9, sum(sys1) - sum(sys0)),
+        "other_cores": (busy - cpu) / window,
     }
+
+
+def time_calls_quietly(
+    call: Callable[[], object], warmup_s: float, duration_s: float, retries: int, label: str
+) -> dict[str, Any]:
+    """``time_calls``, again (at most ``retries`` times) while something else kept the machine busy."""
+    best: dict[str, Any] | None = None
+    attempts = []
+    for attempt in range(1 + retries):
+        wait_quiet(label)
+        stats: dict[str, Any] = dict(time_calls(call, warmup_s, duration_s))
+        attempts.append({"calls_per_s": stats["calls_per_s"], "other_cores": stats["other_cores"]})
+        if best is None or best["other_cores"] > stats["other_cores"]:
+            best = stats
+        if stats["other_cores"] <= NOISE_CORES:
+            break
+        log(
+            f"{label}: {stats['other_cores']:.2f} cores busy elsewhere"
+            + ("; measuring again" if attempt < retries else "")
+        )
+    assert best is not None
+    best["attempts"] = attempts
+    return best
 
 
 def load_model(workload: str) -> Any:
@@ -297,7 +366,9 @@ def load_model(workload: str) -> Any:
     return model
 
 
-def measure_raw(workload: str, warmup_s: float, duration_s: float) -> list[Row]:
+def measure_raw(
+    workload: str, warmup_s: float, duration_s: float, retries: int, suffix: str = ""
+) -> list[Row]:
     model = load_model(workload)
     predict = _caller(model)
     one = [type(model).input_type(text=TEXT)]
@@ -307,32 +378,38 @@ def measure_raw(workload: str, warmup_s: float, duration_s: float) -> list[Row]:
         out = predict(batch)
         if len(out) != BATCH or not getattr(out[0], "embedding", None):
             raise RuntimeError(f"W3 raw: unexpected output {out[:1]!r}")
-        stats = time_calls(lambda: predict(batch), warmup_s, duration_s)
+        stats = time_calls_quietly(
+            lambda: predict(batch), warmup_s, duration_s, retries, f"{workload} raw batch"
+        )
         rows.append(
             Row(
                 workload,
-                f"raw batch-{BATCH}",
+                f"raw batch-{BATCH}{suffix}",
                 None,
                 rps=stats["calls_per_s"] * BATCH,
                 p50_ms=stats["p50_ms"],
                 p99_ms=stats["p99_ms"],
                 server_cpu_ms_per_req=stats["cpu_ms_per_call"] / BATCH,
                 requests=int(stats["calls"]) * BATCH,
+                machine_busy_pct=stats["machine_busy_pct"],
+                other_cores=stats["other_cores"],
                 unit="inputs/s",
                 detail=stats,
             )
         )
-    stats = time_calls(lambda: predict(one), warmup_s, duration_s)
+    stats = time_calls_quietly(lambda: predict(one), warmup_s, duration_s, retries, f"{workload} raw")
     rows.append(
         Row(
             workload,
-            "raw single" if workload == "W3" else "raw",
+            ("raw single" if workload == "W3" else "raw") + suffix,
             None,
             rps=stats["calls_per_s"],
             p50_ms=stats["p50_ms"],
             p99_ms=stats["p99_ms"],
             server_cpu_ms_per_req=stats["cpu_ms_per_call"],
             requests=int(stats["calls"]),
+            machine_busy_pct=stats["machine_busy_pct"],
+            other_cores=stats["other_cores"],
             unit="calls/s",
             detail=stats,
         )
@@ -382,12 +459,37 @@ def run_load(
     row.cpu_split = split
     row.loadgen_cpu_ms_per_req = result["loadgen_cpu_ms_per_req"]
     row.machine_busy_pct = result["machine_busy_pct"]
+    row.other_cores = result["other_cores"]
     row.requests = total
     row.errors = result["errors"]
     row.error_statuses = result["error_statuses"]
     row.error_samples = result["error_samples"]
     row.detail = result
     return row
+
+
+def measure(*args: Any, retries: int) -> Row:
+    """``run_load`` again (at most ``retries`` times) while something else kept the machine busy."""
+    attempts = []
+    best: Row | None = None
+    for attempt in range(1 + retries):
+        wait_quiet(f"{args[0]} {args[1]} c={args[5]}")
+        row = run_load(*args)
+        attempts.append({"rps": row.rps, "other_cores": row.other_cores, "failure": row.failure})
+        if row.failure or row.other_cores is None:
+            return row
+        if best is None or (best.other_cores or 0.0) > row.other_cores:
+            best = row
+        if row.other_cores <= NOISE_CORES:
+            break
+        noisy = "; ".join(row.detail.get("top_other_commands", [])) or "?"
+        where = f"{row.workload} {row.variant} c={row.concurrency}"
+        log(f"{where}: {row.other_cores:.2f} cores busy elsewhere ({noisy})")
+        if attempt < retries:
+            log("  measuring again")
+    assert best is not None
+    best.detail["attempts"] = attempts
+    return best
 
 
 def announce(row: Row) -> None:
@@ -440,7 +542,9 @@ def reference_servers() -> Iterator[tuple[int, int, dict[str, int]]]:
             stop_process(proc)
 
 
-def measure_reference(warmup_s: float, duration_s: float, rows: list[Row], meta: dict[str, Any]) -> None:
+def measure_reference(
+    warmup_s: float, duration_s: float, rows: list[Row], meta: dict[str, Any], retries: int
+) -> None:
     body = orjson.dumps({"text": TEXT})
     with reference_servers() as (service_port, proxy_port, pids):
         meta["reference_response_bytes"] = preflight(proxy_port, "/predict", body, "compound", envelope=False)
@@ -449,7 +553,9 @@ def measure_reference(warmup_s: float, duration_s: float, rows: list[Row], meta:
             ("bare service direct", service_port, {"service": pids["service"]}),
         ):
             for c in CONCURRENCIES:
-                row = run_load("W2", variant, port, "/predict", body, c, use, warmup_s, duration_s)
+                row = measure(
+                    "W2", variant, port, "/predict", body, c, use, warmup_s, duration_s, retries=retries
+                )
                 announce(row)
                 rows.append(row)
 
@@ -464,6 +570,7 @@ def measure_modelfleet(
     rows: list[Row],
     meta: dict[str, Any],
     keep: bool,
+    retries: int,
 ) -> None:
     from modelfleet.settings import load_settings
     from modelfleet.supervisor.state import FleetState
@@ -471,7 +578,7 @@ def measure_modelfleet(
 
     tmp = Path(tempfile.mkdtemp(prefix="modelfleet-bench-"))
     config = tmp / "fleet.yaml"
-    config.write_text(FLEET_YAML.format(data_dir=DATA_DIR, tmp=tmp), encoding="utf-8")
+    config.write_text(fleet_yaml(tmp, workloads), encoding="utf-8")
     supervisor = Supervisor(load_settings(config), config)
     failed = False
     try:
@@ -501,7 +608,9 @@ def measure_modelfleet(
                 size = preflight(port, path, body, spec["key"], envelope=True)
                 meta.setdefault("response_bytes", {})[workload] = size
                 for c in CONCURRENCIES:
-                    row = run_load(workload, variant, port, path, body, c, pids, warmup_s, duration_s)
+                    row = measure(
+                        workload, variant, port, path, body, c, pids, warmup_s, duration_s, retries=retries
+                    )
                     announce(row)
                     rows.append(row)
                     failed = failed or bool(row.failure or row.errors)
@@ -526,8 +635,8 @@ def _f(value: float | None, fmt: str) -> str:
 def format_table(rows: list[Row]) -> str:
     header = (
         f"{'load':<4} {'variant':<20} {'c':>3} {'throughput':>10} {'unit':<8} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'srv CPU ms/req':>14}  {'CPU split ms/req':<24} {'lg CPU':>7} {'busy%':>6} {'x raw':>6} "
-        f"{'errors':>6}"
+        f"{'srv CPU ms/req':>14}  {'CPU split ms/req':<24} {'lg CPU':>7} {'busy%':>6} "
+        f"{'other':>6} {'x raw':>6} {'errors':>6}"
     )
     lines = [header, "-" * len(header)]
     last = None
@@ -545,6 +654,7 @@ def format_table(rows: list[Row]) -> str:
             f"{_f(row.p50_ms, '.3f'):>8} {_f(row.p99_ms, '.3f'):>8} "
             f"{_f(row.server_cpu_ms_per_req, '.3f'):>14}  "
             f"{split:<24} {_f(row.loadgen_cpu_ms_per_req, '.3f'):>7} {_f(row.machine_busy_pct, '.0f'):>6} "
+            f"{_f(row.other_cores, '.2f'):>6} "
             f"{_f(row.ratio_to_raw, '.3f'):>6} {row.errors if row.concurrency else '':>6}"
         )
     return "\n".join(lines)
@@ -577,12 +687,14 @@ def compute_targets(rows: list[Row]) -> dict[str, Any]:
             "met": None if at is None else at["ratio"] >= TARGET_RATIO,
         }
     ours = find(rows, "W3", "gateway→worker", 64)
-    raw = find(rows, "W3", f"raw batch-{BATCH}", None)
-    if ours and raw and ours.rps and raw.rps:
-        ratio = ours.rps / raw.rps
+    raws = [find(rows, "W3", f"raw batch-{BATCH}{suffix}", None) for suffix in ("", END)]
+    raw_rps = max((r.rps or 0.0 for r in raws if r is not None), default=0.0)
+    if ours and ours.rps and raw_rps:
+        ratio = ours.rps / raw_rps
         targets["w3_gateway_c64_vs_raw_batch"] = {
             "gateway_rps": ours.rps,
-            "raw_batch_inputs_per_s": raw.rps,
+            "raw_batch_inputs_per_s": raw_rps,
+            "raw_batch_inputs_per_s_start_end": [r.rps if r else None for r in raws],
             "ratio": ratio,
             "target": f">= {TARGET_RATIO}",
             "met": ratio >= TARGET_RATIO,
@@ -609,10 +721,13 @@ def format_targets(targets: dict[str, Any]) -> str:
     if w3 is None:
         lines.append("  W3 gateway c=64 / raw batch-32: not measured")
     else:
+        start, end = (f"{v:.0f}" if v else "-" for v in w3["raw_batch_inputs_per_s_start_end"])
         lines.append(
             f"  W3 c=64: gateway {w3['gateway_rps']:.0f} req/s / raw in-process batch-{BATCH} "
             f"{w3['raw_batch_inputs_per_s']:.0f} inputs/s = {w3['ratio']:.3f}   target >= {TARGET_RATIO}: "
-            f"{'MET' if w3['met'] else 'NOT MET'}"
+            f"{'MET' if w3['met'] else 'NOT MET'}\n"
+            f"           (raw batch-{BATCH}: {start} inputs/s at the start of the run, {end} at the end; "
+            "the ratio uses the higher)"
         )
     return "\n".join(lines)
 
@@ -633,6 +748,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workloads", default="W1,W2,W3", help="comma-separated subset of W1,W2,W3")
     parser.add_argument("--no-reference", action="store_true", help="skip the bare reference")
+    parser.add_argument(
+        "--noise-retries",
+        type=int,
+        default=2,
+        help=f"measure again, at most this many times, when over {NOISE_CORES} cores were busy elsewhere",
+    )
+    parser.add_argument(
+        "--quiet-budget",
+        type=float,
+        default=300.0,
+        help="total seconds to wait, before measurements, for other load on the machine to go (default 300)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary fleet folder and its logs")
     args = parser.parse_args(argv)
     duration_s = args.duration if args.duration is not None else (1.5 if args.quick else 5.0)
@@ -644,6 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown workloads: {', '.join(unknown)}")
     workloads = [w for w in WORKLOADS if w in workloads]
+    QuietBudget.left_s = max(0.0, min(args.quiet_budget, 3600.0))
 
     started = datetime.now(UTC)
     meta: dict[str, Any] = {
@@ -657,43 +785,53 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(),
         "packages": package_versions(),
         "git_commit": git_commit(),
+        "noise_retries": args.noise_retries,
     }
     rows: list[Row] = []
     raw_rps: dict[str, float] = {}
     problems: list[str] = []
 
+    def raw_pass(candidates: Sequence[str], suffix: str) -> None:
+        for workload in candidates:
+            try:
+                raw_rows = measure_raw(workload, warmup_s, duration_s, args.noise_retries, suffix)
+                gc.collect()  # drop the model (and its threads) before anything else runs
+            except Exception as err:
+                message = f"{workload} raw{suffix}: {type(err).__name__}: {err}"
+                problems.append(message)
+                log(message)
+                rows.append(Row(workload, "raw" + suffix, None, failure=message))
+                continue
+            for row in raw_rows:
+                log(f"{workload} {row.variant}: {row.rps:.0f} {row.unit}, p50 {row.p50_ms:.3f} ms")
+            rows.extend(raw_rows)
+            # Ratios are taken to the better of the two passes, so drift never flatters modelfleet.
+            raw_rps[workload] = max(raw_rps.get(workload, 0.0), raw_rows[0].rps or 0.0)
+
     # 1. raw in-process baselines, with no server running
-    for workload in workloads:
-        try:
-            raw_rows = measure_raw(workload, warmup_s, duration_s)
-            gc.collect()  # drop the model (and its threads) before any server starts
-        except Exception as err:
-            message = f"{workload} raw: {type(err).__name__}: {err}"
-            problems.append(message)
-            log(message)
-            rows.append(Row(workload, "raw", None, failure=message))
-            continue
-        for row in raw_rows:
-            log(f"{workload} {row.variant}: {row.rps:.0f} {row.unit}, p50 {row.p50_ms:.3f} ms")
-        rows.extend(raw_rows)
-        raw_rps[workload] = raw_rows[0].rps or 0.0
+    raw_pass(workloads, "")
 
     # 2. the bare reference (W2 only), alone on the machine
     if "W2" in workloads and not args.no_reference:
         try:
-            measure_reference(warmup_s, duration_s, rows, meta)
+            measure_reference(warmup_s, duration_s, rows, meta, args.noise_retries)
         except Exception as err:
             message = f"reference: {type(err).__name__}: {err}"
             problems.append(message)
             log(message)
 
-    # 3. modelfleet, alone on the machine
+    # 3. modelfleet, alone on the machine; a model that could not even load in-process is left out
+    served = [w for w in workloads if w in raw_rps]
     try:
-        measure_modelfleet(workloads, warmup_s, duration_s, rows, meta, args.keep)
+        if served:
+            measure_modelfleet(served, warmup_s, duration_s, rows, meta, args.keep, args.noise_retries)
     except Exception as err:
         message = f"modelfleet: {type(err).__name__}: {err}"
         problems.append(message)
         log(message)
+
+    # 4. the raw baselines again, with every server stopped, to show drift over the run
+    raw_pass([w for w in workloads if w in raw_rps], END)
 
     for row in rows:
         if row.concurrency is not None and row.rps and raw_rps.get(row.workload):
@@ -704,6 +842,7 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(
                 f"{row.workload} {row.variant} c={row.concurrency}: {row.errors} non-200 responses"
             )
+    meta["waited_for_quiet_s"] = QuietBudget.waited_s
     rows.sort(key=lambda r: (r.workload, VARIANT_ORDER.get(r.variant, 9), r.concurrency or 0))
     targets = compute_targets(rows)
 
@@ -714,7 +853,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "srv CPU = CPU of the measured server processes in the window / requests; lg CPU = load generator's; "
-        "busy% = whole machine;\nx raw = throughput / raw in-process (W3: raw batch-32 inputs/s)"
+        "busy% = whole machine;\nother = cores busy with anything else (noise); "
+        "x raw = throughput / raw in-process (W3: raw batch-32 inputs/s), the better of run start and end;\n"
+        "raw rows: srv CPU = CPU of the bench process per call (batch-32: per input)"
     )
     print()
     print(format_table(rows))

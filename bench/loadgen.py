@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -174,6 +175,25 @@ def encode_request(host: str, port: int, path: str, body: bytes) -> bytes:
     ).encode() + body
 
 
+def all_processes_cpu() -> dict[int, tuple[str, float]]:
+    """Name and CPU seconds so far of every process on the machine, by pid."""
+    out = {}
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        times = proc.info["cpu_times"]
+        if times is not None:
+            out[proc.pid] = (proc.info["name"] or "?", times.user + times.system)
+    return out
+
+
+def describe(name: str) -> str:
+    """``name[pid]`` with the process's command line, when it still runs."""
+    pid = int(name.rsplit("[", 1)[1].rstrip("]"))
+    try:
+        return f"{name}: {' '.join(psutil.Process(pid).cmdline())[:160]}"
+    except psutil.Error:
+        return f"{name}: (gone)"
+
+
 def cpu_seconds(procs: list[psutil.Process]) -> list[float]:
     out = []
     for proc in procs:
@@ -201,6 +221,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         marks["self0"] = time.process_time()
         marks["srv0"] = cpu_seconds(procs)
         marks["sys0"] = psutil.cpu_times()
+        marks["all0"] = all_processes_cpu()
 
     def end_window() -> None:
         gen.phase = 2
@@ -208,6 +229,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         marks["self1"] = time.process_time()
         marks["srv1"] = cpu_seconds(procs)
         marks["sys1"] = psutil.cpu_times()
+        marks["all1"] = all_processes_cpu()
         gen._maybe_drained()
 
     gen.drained = loop.create_future()
@@ -237,6 +259,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     sys0, sys1 = marks["sys0"], marks["sys1"]
     busy = (sum(sys1) - sys1.idle - sys1.iowait) - (sum(sys0) - sys0.idle - sys0.iowait)
     all_time = sum(sys1) - sum(sys0)
+    own = {os.getpid(), *args.pid}
+    before = marks["all0"]
+    others = sorted(
+        (
+            (cpu - before[pid][1] if pid in before else cpu, f"{name}[{pid}]")
+            for pid, (name, cpu) in marks["all1"].items()
+            if pid not in own
+        ),
+        reverse=True,
+    )
+    self_cpu = marks["self1"] - marks["self0"]
+    server_cpu = [b - a for a, b in zip(marks["srv0"], marks["srv1"], strict=True)]
+    # What the machine was busy with besides the measured servers and this process, in cores.
+    other_cores = busy - sum(server_cpu) - self_cpu
     return {
         "concurrency": args.concurrency,
         "window_s": window,
@@ -250,12 +286,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "p99_ms": pct(0.99),
         "max_ms": lat[-1] * 1000.0 if lat else None,
         "mean_ms": sum(lat) / len(lat) * 1000.0 if lat else None,
-        "loadgen_cpu_s": marks["self1"] - marks["self0"],
-        "loadgen_cpu_ms_per_req": (marks["self1"] - marks["self0"]) * 1000.0 / total if total else None,
-        "server_cpu_s": {
-            str(pid): b - a for pid, a, b in zip(args.pid, marks["srv0"], marks["srv1"], strict=True)
-        },
+        "loadgen_cpu_s": self_cpu,
+        "loadgen_cpu_ms_per_req": self_cpu * 1000.0 / total if total else None,
+        "server_cpu_s": {str(pid): cpu for pid, cpu in zip(args.pid, server_cpu, strict=True)},
         "machine_busy_pct": 100.0 * busy / all_time if all_time > 0 else None,
+        "other_cores": other_cores / window,
+        "top_other_processes_cpu_s": [(name, round(cpu, 3)) for cpu, name in others[:5] if cpu > 0],
+        "top_other_commands": [describe(name) for cpu, name in others[:3] if cpu > 0.1 * window],
     }
 
 

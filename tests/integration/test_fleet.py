@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -230,7 +231,8 @@ def test_deadline_gives_504_and_the_worker_keeps_serving(fleet: RunningFleet) ->
     reply = predict(fleet, "sleepy", {"text": "x", "sleep_ms": 3000}, headers={"x-request-timeout-ms": "300"})
     elapsed = time.monotonic() - started
     assert reply.status == 504
-    assert "deadline of 300 ms" in reply.json()["error"]
+    # The worker gets the time left and usually gives up a moment before the gateway would.
+    assert re.search(r"did not answer within the deadline of (29\d|300) ms", reply.json()["error"])
     assert elapsed < 2.0
     assert predict(fleet, "sleepy", {"text": "y", "sleep_ms": 1}).status == 200
 

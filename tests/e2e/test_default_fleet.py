@@ -1,0 +1,73 @@
+"""The shipped fleet.yaml, as a newcomer starts it: every built-in model answers in both APIs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, RunningFleet, call, start_fleet, write_config
+
+pytestmark = pytest.mark.real_weights
+
+
+@pytest.fixture(scope="module")
+def default_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
+    directory = tmp_path_factory.mktemp("default")
+    config = yaml.safe_load((ROOT / "fleet.yaml").read_text())
+    # Same fleet, but on free ports and a private run folder; the artifact cache is the project's.
+    config["gateway"]["port"] = 0
+    config["data_dir"] = str(ROOT / ".modelfleet")
+    path: Path = write_config(directory, config)
+    running = start_fleet(directory, path, timeout_s=600)
+    yield running
+    running.stop()
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(
+        sum(x * x for x in a) * sum(y * y for y in b)
+    )
+
+
+def test_default_fleet_has_two_services_as_configured(default_fleet: RunningFleet) -> None:
+    workers = {p["service"]: p for p in default_fleet.status()["processes"] if p["role"] == "worker"}
+    assert workers["light"]["models"] == ["sentiment", "language"]
+    assert workers["embed"]["models"] == ["embedder"]
+    assert workers["light"]["pid"] != workers["embed"]["pid"]
+
+
+def test_every_builtin_model_answers_plain_json(default_fleet: RunningFleet) -> None:
+    gw = default_fleet.gateway
+    sentiment = call(f"{gw}/v1/models/sentiment/predict", "POST", {"text": "The app is terrible and slow."})
+    assert sentiment.json()["output"]["label"] == "negative"
+    language = call(f"{gw}/v1/models/language/predict", "POST", {"text": "¿Dónde está mi tarjeta nueva?"})
+    assert language.json()["output"]["language"] == "es"
+    texts = ["How do I reset my card PIN?", "I forgot my PIN number", "The weather is lovely today"]
+    reply = call(f"{gw}/v1/models/embedder/predict", "POST", [{"text": t} for t in texts])
+    assert reply.status == 200, reply.body
+    vectors = [o["embedding"] for o in reply.json()["outputs"]]
+    assert [len(v) for v in vectors] == [384, 384, 384]
+    assert all(abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-3 for v in vectors)
+    assert _cosine(vectors[0], vectors[1]) > _cosine(vectors[0], vectors[2]) + 0.2
+
+
+def test_every_builtin_model_answers_the_inference_protocol(default_fleet: RunningFleet) -> None:
+    gw = default_fleet.gateway
+    request = {
+        "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["good day", "bonjour"]}]
+    }
+    for model in ("sentiment", "language", "embedder"):
+        assert call(f"{gw}/v2/models/{model}/ready").status == 200
+        reply = call(f"{gw}/v2/models/{model}/versions/1/infer", "POST", request)
+        assert reply.status == 200, (model, reply.body)
+        assert reply.json()["model_name"] == model
+    embedding = call(f"{gw}/v2/models/embedder/infer", "POST", request).json()["outputs"][0]
+    assert embedding["datatype"] == "FP32"
+    assert embedding["shape"] == [2, 384]
+    assert len(embedding["data"]) == 768
+    meta = call(f"{gw}/v2/models/embedder").json()
+    assert meta["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": [-1, -1]}]
