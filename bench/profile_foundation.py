@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\n{args.workload} c={args.concurrency} via {'worker' if args.direct else 'gateway'}: "
-        f"{row.rps or 0:.0f} req/s (sampled, so slower than unsampled), server CPU ms/req "
+        f"{row.rps or 0:.0f} req/s (with py-spy attached), server CPU ms/req "
         + ", ".join(f"{k} {v:.3f}" for k, v in row.cpu_split.items())
     )
     for name, out in outputs.items():
