@@ -93,6 +93,27 @@ class SupervisorSettings(_Strict):
     drain_timeout_s: float = Field(10.0, ge=0)
 
 
+class StepSettings(_Strict):
+    """One step of a pipeline: a model call, its input, and when it runs."""
+
+    model: str = Field(min_length=1, description="model name, optionally name@version")
+    version: str | None = None
+    input: dict[str, str] | str = Field(
+        "input", description="field -> expression, or one expression giving the whole input object"
+    )
+    when: str | None = None
+    after: list[str] = Field(default_factory=list, description="steps to wait for without reading them")
+    on_error: Literal["fail", "skip"] | dict[Literal["default"], Any] = "fail"
+
+
+class PipelineSettings(_Strict):
+    """A named graph of model steps with a final output mapping."""
+
+    description: str = ""
+    steps: dict[str, StepSettings] = Field(min_length=1)
+    output: dict[str, str] | None = None
+
+
 class Settings(_Strict):
     """Everything a modelfleet process needs to know, validated as a whole."""
 
@@ -104,6 +125,7 @@ class Settings(_Strict):
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)  # type: ignore[arg-type]
     models: dict[str, ModelSettings] = Field(min_length=1)
     services: dict[str, ServiceSettings] = Field(min_length=1)
+    pipelines: dict[str, PipelineSettings] = Field(default_factory=dict)
 
     @field_validator("store_url")
     @classmethod
@@ -112,7 +134,7 @@ class Settings(_Strict):
             raise ValueError("must start with sqlite:// or postgresql://")
         return url
 
-    @field_validator("models", "services")
+    @field_validator("models", "services", "pipelines")
     @classmethod
     def _names(cls, entries: dict[str, Any]) -> dict[str, Any]:
         for name in entries:
@@ -150,6 +172,11 @@ class Settings(_Strict):
                         f"already taken by {ports[port]}"
                     )
                 ports[port] = f"services.{service_name}"
+        if self.pipelines:
+            # Imported here: the pipeline room builds on settings, not the other way round.
+            from modelfleet.pipeline.spec import compile_pipelines
+
+            compile_pipelines(self)
         return self
 
     def service_of(self, model: str) -> str:

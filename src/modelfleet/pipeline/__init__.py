@@ -1,0 +1,1 @@
+"""Pipelines: declarative graphs of model steps, their validation, placement and execution."""
