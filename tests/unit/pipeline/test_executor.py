@@ -61,7 +61,7 @@ def test_an_english_ham_message_visits_every_step() -> None:
     assert outcome.status == "succeeded"
     assert outcome.output == {
         "language": "en",
-        "spam": False,
+        "spam": "ham",
         "intent": "card_arrival",
         "sentiment": "positive",
     }
