@@ -155,3 +155,42 @@ def fleet_factory(tmp_path: Path) -> Iterator[Any]:
     yield factory
     for fleet in started:
         fleet.stop()
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def unreachable(what: str, err: Exception) -> None:
+    """A real backend that is missing skips locally and fails under CI=true."""
+    message = f"{what} is not reachable: {err}"
+    if _ci():
+        pytest.fail(message + " (CI=true: backends must be up)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database on the machine's server, dropped after the session."""
+    import asyncio
+    import uuid
+
+    admin = os.environ.get("MODELFLEET_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"modelfleet_test_{uuid.uuid4().hex[:10]}"
+
+    async def execute(sql: str) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(admin, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(execute(f'CREATE DATABASE "{name}"'))
+    except (OSError, ImportError) as err:
+        unreachable("PostgreSQL", err)
+    base = admin.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    asyncio.run(execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

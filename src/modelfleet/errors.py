@@ -15,6 +15,14 @@ class ModelNotFound(ModelfleetError):
     """Raised when a request names a model (or model version) that is not served here."""
 
 
+class PipelineNotFound(ModelfleetError):
+    """Raised when a request names a pipeline the fleet does not define."""
+
+
+class RunNotFound(ModelfleetError):
+    """Raised when a stored pipeline run with the given id does not exist."""
+
+
 class InvalidInput(ModelfleetError):
     """Raised when a request body has the wrong shape or types for the model it targets."""
 

@@ -18,7 +18,9 @@ from modelfleet.errors import (
     ModelfleetError,
     ModelNotFound,
     ModelNotReady,
+    PipelineNotFound,
     PredictionFailed,
+    RunNotFound,
     UpstreamUnavailable,
 )
 from modelfleet.types import JSON_CONTENT_TYPE, REQUEST_ID_HEADER, Receive, Scope, Send
@@ -37,6 +39,8 @@ class HTTPError(Exception):
 STATUS_OF: dict[type[ModelfleetError], int] = {
     MalformedRequest: 400,
     ModelNotFound: 404,
+    PipelineNotFound: 404,
+    RunNotFound: 404,
     InvalidInput: 422,
     PredictionFailed: 500,
     ModelNotReady: 503,

@@ -112,6 +112,9 @@ class PipelineSettings(_Strict):
     description: str = ""
     steps: dict[str, StepSettings] = Field(min_length=1)
     output: dict[str, str] | None = None
+    placement: Literal["packed", "per-step"] = Field(
+        "packed", description="packed: steps on one service run there in one hop; per-step: one hop a step"
+    )
 
 
 class Settings(_Strict):

@@ -99,3 +99,39 @@ class Scale(Model[Vector, Scaled]):
             doubled = [2 * v for v in i.values]
             out.append(Scaled(values=doubled, label=i.label, norm=sum(v * v for v in doubled) ** 0.5))
         return out
+
+
+class LabelOut(BaseModel):
+    label: str
+    score: float
+
+
+class KeywordSpam(Model[TextIn, LabelOut]):
+    """Calls a text spam when it shouts a prize: enough to steer a pipeline in tests."""
+
+    input_type = TextIn
+    output_type = LabelOut
+    inline = True
+
+    def predict(self, inputs: list[TextIn]) -> list[LabelOut]:
+        return [
+            LabelOut(label="spam", score=0.99) if "WIN" in i.text else LabelOut(label="ham", score=0.9)
+            for i in inputs
+        ]
+
+
+class KeywordIntent(Model[TextIn, LabelOut]):
+    """Maps a few banking keywords to intents."""
+
+    input_type = TextIn
+    output_type = LabelOut
+    inline = True
+    keywords = {"card": "card_arrival", "pin": "change_pin", "refund": "request_refund"}
+
+    def predict(self, inputs: list[TextIn]) -> list[LabelOut]:
+        out = []
+        for item in inputs:
+            text = item.text.lower()
+            label = next((v for k, v in self.keywords.items() if k in text), "other")
+            out.append(LabelOut(label=label, score=0.8))
+        return out

@@ -189,6 +189,63 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    """List stored pipeline runs (newest first), or show one with --id."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from modelfleet.store import make_run_store
+
+    settings = _settings(args)
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+        except ValueError:
+            print(f"--since {args.since!r} is not an ISO-8601 time", file=sys.stderr)
+            return 2
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+
+    async def read() -> Any:
+        store = make_run_store(settings.store_url)
+        await store.open()
+        try:
+            if args.id:
+                return await store.find_run(args.id)
+            return await store.list_runs(
+                pipeline=args.pipeline, since=since, limit=args.limit, cursor=args.cursor
+            )
+        finally:
+            await store.close()
+
+    result = asyncio.run(read())
+    if args.id:
+        if result is None:
+            print(f"no run with id {args.id!r}", file=sys.stderr)
+            return 1
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    if args.json:
+        print(
+            json.dumps(
+                {"runs": [r.to_dict() for r in result.items], "next_cursor": result.next_cursor}, indent=2
+            )
+        )
+        return 0
+    print(f"{'RUN ID':<32}  {'PIPELINE':<14} {'STATUS':<9} {'CREATED (UTC)':<26} {'MS':>8}  SKIPPED")
+    for run in result.items:
+        skipped = ",".join(s.name for s in run.steps if s.status == "skipped")
+        created = run.created_at.isoformat(timespec="milliseconds")
+        print(
+            f"{run.id:<32}  {run.pipeline:<14} {run.status:<9} {created:<26} "
+            f"{run.duration_ms:>8.1f}  {skipped}"
+        )
+    if result.next_cursor:
+        print(f"more: --cursor {result.next_cursor}")
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker replica (the supervisor starts these; useful alone for debugging)."""
     from modelfleet.worker.main import serve_worker
@@ -232,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--field", default="text", help="input field the text goes in (default: text)")
     predict.add_argument("--url", help="gateway URL (default: the running fleet's)")
     predict.add_argument("--timeout", type=float, default=30.0)
+    runs = command("runs", cmd_runs)
+    runs.add_argument("--id", help="show this run in full")
+    runs.add_argument("--pipeline", help="only runs of this pipeline")
+    runs.add_argument("--since", help="only runs created at or after this ISO-8601 time")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--cursor", help="continue a listing where the last page ended")
+    runs.add_argument("--json", action="store_true", help="machine-readable output")
     worker = command("worker", cmd_worker)
     worker.add_argument("--service", required=True)
     worker.add_argument("--port", type=int, required=True)

@@ -23,6 +23,7 @@ from modelfleet import __version__
 from modelfleet.errors import DeadlineExceeded, ModelfleetError, ModelNotFound, UpstreamUnavailable
 from modelfleet.gateway.balancer import ReplicaSet
 from modelfleet.gateway.client import UpstreamError, UpstreamResponse, fetch
+from modelfleet.gateway.pipelines import PipelineService
 from modelfleet.http import (
     HTTPError,
     check_json_content_type,
@@ -35,8 +36,10 @@ from modelfleet.http import (
     respond_error,
 )
 from modelfleet.metrics import PROMETHEUS_CONTENT_TYPE, GatewayMetrics
+from modelfleet.pipeline.spec import CompiledPipeline
 from modelfleet.plan import FleetPlan
 from modelfleet.settings import GatewaySettings
+from modelfleet.store.store import RunStore
 from modelfleet.types import JSON_CONTENT_TYPE, REQUEST_ID_HEADER, TIMEOUT_HEADER, Receive, Scope, Send
 
 log = logging.getLogger("modelfleet.gateway")
@@ -45,7 +48,13 @@ log = logging.getLogger("modelfleet.gateway")
 class GatewayApp:
     """Routes model calls to replicas and keeps the replicas' health current."""
 
-    def __init__(self, plan: FleetPlan, settings: GatewaySettings) -> None:
+    def __init__(
+        self,
+        plan: FleetPlan,
+        settings: GatewaySettings,
+        pipelines: dict[str, CompiledPipeline] | None = None,
+        store: RunStore | None = None,
+    ) -> None:
         self.plan = plan
         self.settings = settings
         self.metrics = GatewayMetrics()
@@ -54,9 +63,11 @@ class GatewayApp:
             for name, endpoints in plan.services.items()
         }
         self.model_service = dict(plan.models)
+        self.pipelines = PipelineService(self, pipelines or {}, store)
         self._health_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await self.pipelines.start()
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
 
     async def stop(self) -> None:
@@ -64,6 +75,7 @@ class GatewayApp:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
+        await self.pipelines.stop()
         for replica_set in self.services.values():
             replica_set.close()
 
@@ -100,6 +112,8 @@ class GatewayApp:
         head = parts[0]
         if n >= 3 and parts[1] == "models" and head in ("v1", "v2"):
             return await self._proxy(scope, receive, send, rid, self._service_of(parts[2]))
+        if head == "v1" and n in (2, 3) and parts[1] in ("pipelines", "runs"):
+            return await self._pipelines(scope, receive, send, rid, parts, method)
         if head == "v1" and n == 2 and method in ("GET", "HEAD"):
             if parts[1] == "models":
                 return await respond(send, 200, orjson.dumps({"models": await self._all_models()}), rid)
@@ -120,6 +134,49 @@ class GatewayApp:
         if n == 1 and head == "metrics" and method in ("GET", "HEAD"):
             return await respond(send, 200, self.metrics.render(), rid, content_type=PROMETHEUS_CONTENT_TYPE)
         raise HTTPError(404, f"no route for {method} {scope['path']}")
+
+    async def _pipelines(
+        self, scope: Scope, receive: Receive, send: Send, rid: bytes, parts: list[str], method: str
+    ) -> None:
+        query = scope["query_string"]
+        if parts[1] == "runs":
+            if method not in ("GET", "HEAD"):
+                raise HTTPError(405, f"method {method} not allowed here; use GET")
+            body = await (
+                self.pipelines.get_run(parts[2]) if len(parts) == 3 else self.pipelines.list_runs(query)
+            )
+            return await respond(send, 200, body, rid)
+        if len(parts) == 2:
+            if method not in ("GET", "HEAD"):
+                raise HTTPError(405, f"method {method} not allowed here; use GET")
+            return await respond(send, 200, orjson.dumps({"pipelines": self.pipelines.describe_all()}), rid)
+        if method in ("GET", "HEAD"):
+            return await respond(send, 200, orjson.dumps(self.pipelines.describe(parts[2])), rid)
+        if method != "POST":
+            raise HTTPError(405, f"method {method} not allowed here; use GET or POST")
+        self.pipelines.pipeline(parts[2])  # unknown names are 404 before they reach the metrics
+        started = time.perf_counter()
+        code = 500
+        try:
+            check_json_content_type(scope)
+            body = await read_body(scope, receive, self.settings.body_limit_bytes)
+            timeout_s = self._timeout_s(scope)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    code, answer = await self.pipelines.run(parts[2], body, query, rid, timeout_s)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"pipeline {parts[2]!r} did not finish within the deadline of {timeout_s * 1000:.0f} ms"
+                ) from None
+            await respond(send, code, answer, rid)
+        except HTTPError as err:
+            code = err.status
+            raise
+        except ModelfleetError as err:
+            code = http_error_of(err).status
+            raise
+        finally:
+            self.metrics.observe(f"pipeline:{parts[2]}", code, time.perf_counter() - started)
 
     def _service_of(self, model: str) -> str:
         service = self.model_service.get(model)
@@ -150,7 +207,10 @@ class GatewayApp:
             elif method not in ("GET", "HEAD"):
                 raise HTTPError(405, f"method {method} not allowed here")
             timeout_s = self._timeout_s(scope)
-            response = await self._forward(scope, service, method.encode(), body, rid, timeout_s)
+            target = scope["raw_path"] or scope["path"].encode()
+            if scope["query_string"]:
+                target += b"?" + scope["query_string"]
+            response = await self.forward(service, method.encode(), target, body, rid, timeout_s)
             code = response.status
             ctype = response.header(b"content-type") or JSON_CONTENT_TYPE
             await respond(send, response.status, response.body, rid, content_type=ctype)
@@ -163,13 +223,14 @@ class GatewayApp:
         finally:
             self.metrics.observe(service, code, time.perf_counter() - started)
 
-    async def _forward(
-        self, scope: Scope, service: str, method: bytes, body: bytes, rid: bytes, timeout_s: float
+    async def forward(
+        self, service: str, method: bytes, target: bytes, body: bytes, rid: bytes, timeout_s: float
     ) -> UpstreamResponse:
+        """Send one request to the least busy replica of ``service``, failing over on connection errors.
+
+        Raises UpstreamUnavailable when no replica could take it, DeadlineExceeded after ``timeout_s``.
+        """
         replicas = self.services[service]
-        target = scope["raw_path"] or scope["path"].encode()
-        if scope["query_string"]:
-            target += b"?" + scope["query_string"]
         deadline = time.monotonic() + timeout_s
         tried: set[int] = set()
         last_error = "no replica configured"

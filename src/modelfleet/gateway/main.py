@@ -7,13 +7,15 @@ import logging
 import uvicorn
 
 from modelfleet.gateway.app import GatewayApp
+from modelfleet.pipeline.spec import compile_pipelines
 from modelfleet.plan import FleetPlan
 from modelfleet.settings import Settings
+from modelfleet.store import make_run_store
 
 
 def serve_gateway(settings: Settings, plan: FleetPlan) -> None:
     """Serve on the plan's gateway address until SIGTERM/SIGINT, finishing in-flight requests."""
-    app = GatewayApp(plan, settings.gateway)
+    app = GatewayApp(plan, settings.gateway, compile_pipelines(settings), make_run_store(settings.store_url))
     config = uvicorn.Config(
         app,
         host=plan.gateway.host,

@@ -8,11 +8,25 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from modelfleet.errors import PredictionFailed
+from modelfleet.errors import InvalidInput, PredictionFailed
 from modelfleet.models.batching import DynamicBatcher
 from modelfleet.models.model import Batching, Model
+
+
+def describe_validation_error(err: ValidationError, prefix: str = "") -> tuple[str, list[dict[str, object]]]:
+    """A one-line summary naming each bad field (``[1].text: Field required``) and the details."""
+    details: list[dict[str, object]] = []
+    for e in err.errors(include_url=False):
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
+        details.append({"field": f"{prefix}{loc}", "message": e["msg"], "type": e["type"]})
+    summary = "; ".join(
+        f"{d['field']}: {d['message']}" if d["field"] else str(d["message"]) for d in details[:5]
+    )
+    if len(details) > 5:
+        summary += f"; and {len(details) - 5} more"
+    return summary, details
 
 
 class ModelRunner:
@@ -48,6 +62,14 @@ class ModelRunner:
         self._batcher: DynamicBatcher[BaseModel, BaseModel] | None = (
             DynamicBatcher(self._call_model, batching) if batching is not None else None
         )
+
+    def validate_rows(self, rows: list[Any], prefix: str = "") -> list[BaseModel]:
+        """Validate plain inputs into the model's input type; raises InvalidInput naming each bad field."""
+        try:
+            return list(self.input_many.validate_python(rows))
+        except ValidationError as err:
+            summary, details = describe_validation_error(err, prefix)
+            raise InvalidInput(f"invalid input for model {self.name!r}: {summary}", details) from None
 
     def load(self) -> None:
         """Load the model; call once, before serving."""

@@ -23,7 +23,14 @@ StepStatus = Literal["ok", "skipped", "failed", "defaulted"]
 
 
 class StepCallError(Exception):
-    """Raised by a StepCaller when the model call failed; the message says why."""
+    """Raised by a StepCaller when the model call failed; the message says why.
+
+    ``client_error`` is True when the input was at fault (the model refused it), not the model.
+    """
+
+    def __init__(self, message: str, client_error: bool = False) -> None:
+        super().__init__(message)
+        self.client_error = client_error
 
 
 @dataclass
@@ -63,6 +70,7 @@ class RowState:
     input: Any
     results: dict[str, StepResult] = field(default_factory=dict)
     error: str | None = None
+    client_error: bool = False
 
     def scope(self, skipped_as_null: bool = False) -> dict[str, Any]:
         scope: dict[str, Any] = {"input": self.input}
@@ -99,6 +107,7 @@ class RowOutcome:
     error: str | None
     steps: dict[str, StepResult]
     duration_ms: float
+    client_error: bool = False
 
 
 class PipelineExecutor:
@@ -162,7 +171,7 @@ class PipelineExecutor:
                 step = pipeline.steps[name]
                 for row in live:
                     if name not in row.results and row.error is None:
-                        self._fail(row, step, str(err), elapsed_ms)
+                        self._fail(row, step, str(err), elapsed_ms, err.client_error)
 
     async def _run_step(self, step: CompiledStep, rows: list[RowState]) -> None:
         active: list[RowState] = []
@@ -180,7 +189,7 @@ class PipelineExecutor:
             except NeedsSkipped as skipped:
                 row.results[step.name] = StepResult("skipped", reason=f"needs skipped step {skipped.step!r}")
             except EvaluationError as err:
-                self._fail(row, step, f"cannot evaluate its expressions: {err}", 0.0)
+                self._fail(row, step, f"cannot evaluate its expressions: {err}", 0.0, client_error=True)
         if not active:
             return
         started = time.perf_counter()
@@ -188,7 +197,9 @@ class PipelineExecutor:
             outputs, version = await self.caller.call(step, payloads)
         except StepCallError as err:
             if len(active) == 1:
-                self._fail(active[0], step, str(err), (time.perf_counter() - started) * 1000.0)
+                self._fail(
+                    active[0], step, str(err), (time.perf_counter() - started) * 1000.0, err.client_error
+                )
                 return
             # One bad input must not sink the others that shared its call: retry them one by one.
             await asyncio.gather(
@@ -204,7 +215,7 @@ class PipelineExecutor:
         try:
             outputs, version = await self.caller.call(step, [payload])
         except StepCallError as err:
-            self._fail(row, step, str(err), (time.perf_counter() - started) * 1000.0)
+            self._fail(row, step, str(err), (time.perf_counter() - started) * 1000.0, err.client_error)
             return
         row.results[step.name] = StepResult(
             "ok", outputs[0], None, (time.perf_counter() - started) * 1000.0, version
@@ -223,7 +234,9 @@ class PipelineExecutor:
         return value
 
     @staticmethod
-    def _fail(row: RowState, step: CompiledStep, message: str, elapsed_ms: float) -> None:
+    def _fail(
+        row: RowState, step: CompiledStep, message: str, elapsed_ms: float, client_error: bool = False
+    ) -> None:
         if step.on_error == "skip":
             row.results[step.name] = StepResult(
                 "skipped", reason=f"failed (on_error: skip): {message}", duration_ms=elapsed_ms
@@ -236,6 +249,7 @@ class PipelineExecutor:
             row.results[step.name] = StepResult("failed", reason=message, duration_ms=elapsed_ms)
             if row.error is None:
                 row.error = f"step {step.name!r} failed: {message}"
+                row.client_error = client_error
 
     @staticmethod
     def _finish(pipeline: CompiledPipeline, row: RowState, elapsed_ms: float) -> RowOutcome:
@@ -245,7 +259,7 @@ class PipelineExecutor:
                 row.results[name] = StepResult("skipped", reason=reason)
         steps = {name: row.results[name] for name in pipeline.order}
         if row.error is not None:
-            return RowOutcome("failed", None, row.error, steps, elapsed_ms)
+            return RowOutcome("failed", None, row.error, steps, elapsed_ms, row.client_error)
         scope = row.scope(skipped_as_null=True)
         try:
             if pipeline.output is None:
@@ -253,5 +267,5 @@ class PipelineExecutor:
             else:
                 output = {key: expression.evaluate(scope) for key, expression in pipeline.output.items()}
         except EvaluationError as err:
-            return RowOutcome("failed", None, f"cannot compute the output: {err}", steps, elapsed_ms)
+            return RowOutcome("failed", None, f"cannot compute the output: {err}", steps, elapsed_ms, True)
         return RowOutcome("succeeded", output, None, steps, elapsed_ms)

@@ -47,6 +47,7 @@ class CompiledPipeline:
     steps: dict[str, CompiledStep]
     order: tuple[str, ...]
     output: dict[str, Expression] | None
+    placement: str = "packed"
     dependents: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -67,6 +68,7 @@ class CompiledPipeline:
             ],
             "edges": [[dep, name] for name in self.order for dep in sorted(self.steps[name].depends_on)],
             "output": {k: str(v) for k, v in self.output.items()} if self.output else None,
+            "placement": self.placement,
         }
 
 
@@ -157,7 +159,7 @@ def compile_pipeline(name: str, spec: PipelineSettings, settings: Settings) -> C
             _check_names(f"{where_pipeline}.output.{key}", expression, names, None)
             output[key] = expression
     dependents = {n: frozenset(m for m, s in steps.items() if n in s.depends_on) for n in steps}
-    return CompiledPipeline(name, spec.description, steps, order, output, dependents)
+    return CompiledPipeline(name, spec.description, steps, order, output, spec.placement, dependents)
 
 
 def _topological_order(where: str, steps: dict[str, CompiledStep]) -> tuple[str, ...]:

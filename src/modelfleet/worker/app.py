@@ -38,35 +38,31 @@ from modelfleet.http import (
     respond_error,
 )
 from modelfleet.metrics import PROMETHEUS_CONTENT_TYPE, WorkerMetrics
-from modelfleet.models.runner import ModelRunner
+from modelfleet.models.runner import ModelRunner, describe_validation_error
+from modelfleet.pipeline.spec import CompiledPipeline
 from modelfleet.settings import WorkerSettings
 from modelfleet.types import TIMEOUT_HEADER, Receive, Scope, Send
 from modelfleet.worker import oip
 from modelfleet.worker.openapi import openapi_document
+from modelfleet.worker.pipelines import UnitService
 
 log = logging.getLogger("modelfleet.worker")
-
-
-def _validation_details(err: ValidationError, prefix: str = "") -> tuple[str, list[dict[str, object]]]:
-    details: list[dict[str, object]] = []
-    for e in err.errors(include_url=False):
-        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
-        details.append({"field": f"{prefix}{loc}", "message": e["msg"], "type": e["type"]})
-    summary = "; ".join(
-        f"{d['field']}: {d['message']}" if d["field"] else str(d["message"]) for d in details[:5]
-    )
-    if len(details) > 5:
-        summary += f"; and {len(details) - 5} more"
-    return summary, details
 
 
 class WorkerApp:
     """Serves the models of one service. Models are loaded before the app is handed to the server."""
 
-    def __init__(self, service: str, runners: dict[str, ModelRunner], settings: WorkerSettings) -> None:
+    def __init__(
+        self,
+        service: str,
+        runners: dict[str, ModelRunner],
+        settings: WorkerSettings,
+        pipelines: dict[str, CompiledPipeline] | None = None,
+    ) -> None:
         self.service = service
         self.runners = runners
         self.settings = settings
+        self.units = UnitService(pipelines or {}, runners)
         self.metrics = WorkerMetrics(service)
         self._openapi: bytes | None = None
         for name, runner in runners.items():
@@ -119,6 +115,11 @@ class WorkerApp:
             if n == 3:
                 _allow(method, "GET")
                 return await respond(send, 200, orjson.dumps(self._describe(self._runner(parts[2]))), rid)
+        elif head == "v1" and n == 4 and parts[1] == "pipelines" and parts[3] == "units":
+            _allow(method, "POST")
+            check_json_content_type(scope)
+            request = await read_body(scope, receive, self.settings.body_limit_bytes)
+            return await respond(send, 200, await self.units.run(parts[2], request), rid)
         elif head == "v2":
             if n == 1:
                 _allow(method, "GET")
@@ -249,7 +250,7 @@ class WorkerApp:
         except ValidationError as err:
             if any(e["type"] == "json_invalid" for e in err.errors()):
                 raise MalformedRequest(f"malformed JSON: {err.errors()[0]['msg']}") from None
-            summary, details = _validation_details(err)
+            summary, details = describe_validation_error(err)
             raise InvalidInput(f"invalid input for model {runner.name!r}: {summary}", details) from None
         if not inputs:
             raise InvalidInput("the array of inputs is empty; send at least one input")
@@ -274,11 +275,7 @@ class WorkerApp:
                     f"batch of {len(rows)} in one request; "
                     f"the limit is {self.settings.max_inputs_per_request}"
                 )
-            try:
-                inputs: list[BaseModel] = runner.input_many.validate_python(rows)
-            except ValidationError as err:
-                summary, details = _validation_details(err, prefix="row")
-                raise InvalidInput(f"invalid input for model {runner.name!r}: {summary}", details) from None
+            inputs = runner.validate_rows(rows, prefix="row")
             count = len(inputs)
             outputs = await self._run(scope, runner, inputs)
             out = oip.encode_response(runner.name, runner.version, runner.output_type, outputs, request)

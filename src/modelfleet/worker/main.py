@@ -7,13 +7,16 @@ import logging
 import uvicorn
 
 from modelfleet.models.catalog import build_service_runners
+from modelfleet.pipeline.spec import compile_pipelines
 from modelfleet.settings import Settings
 from modelfleet.worker.app import WorkerApp
 
 
 def build_worker(settings: Settings, service: str) -> WorkerApp:
     """The composition root of a worker process: every object it needs, built from settings."""
-    return WorkerApp(service, build_service_runners(settings, service), settings.worker)
+    return WorkerApp(
+        service, build_service_runners(settings, service), settings.worker, compile_pipelines(settings)
+    )
 
 
 def serve_worker(settings: Settings, service: str, port: int, host: str | None = None) -> None:

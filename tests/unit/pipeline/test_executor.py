@@ -7,9 +7,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tests.unit.pipeline.conftest import compile_one
+
 from modelfleet.pipeline.executor import PipelineExecutor, RowOutcome, StepCallError
 from modelfleet.pipeline.spec import CompiledStep
-from tests.unit.pipeline.conftest import compile_one
 
 FUNCS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "language": lambda i: {"language": "fr" if "bonjour" in i["text"] else "en"},

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from modelfleet.pipeline.placement import Unit, plan_units
 from tests.unit.pipeline.conftest import compile_one
+
+from modelfleet.pipeline.placement import Unit, plan_units
 
 TRIAGE = {
     "steps": {

@@ -3,9 +3,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from tests.unit.pipeline.conftest import compile_one
 
 from modelfleet.errors import ConfigError
-from tests.unit.pipeline.conftest import compile_one
 
 
 def _error(pipeline: dict[str, Any]) -> str:

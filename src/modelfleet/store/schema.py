@@ -1,0 +1,141 @@
+"""The tables of the SQL stores, as they are after every migration, on one shared MetaData.
+
+Queries use these definitions. The database gets them only through :mod:`modelfleet.store.migrations`,
+and a contract test checks that a migrated database matches them.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Float,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def dumps(value: Any) -> str:
+    """Encode a JSON column value; NaN and infinities are refused, as PostgreSQL's json refuses them."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def loads(text: str) -> Any:
+    return json.loads(text)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC that always reads back timezone-aware.
+
+    SQLite keeps no zone (SQLAlchemy writes a fixed-width text that sorts chronologically), so the
+    value is converted to UTC before the zone is dropped. Naive values are refused.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("timestamps must be timezone-aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class JsonDocument(TypeDecorator[Any]):
+    """Any JSON value, read back exactly as written; Python None is SQL NULL.
+
+    PostgreSQL gets ``json``, not ``jsonb``: jsonb reorders keys, turns ``1e16`` into an integer
+    and refuses ``\\u0000``, while json keeps the text as sent, like SQLite. SQLite gets TEXT,
+    because SQLAlchemy's JSON column there has NUMERIC affinity and SQLite would turn a top-level
+    ``1.0`` into ``1`` and ``10**20`` into a float.
+    """
+
+    impl = JSON(none_as_null=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(Text())
+        return dialect.type_descriptor(JSON(none_as_null=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if dialect.name != "sqlite" or value is None:
+            return value
+        return dumps(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if dialect.name != "sqlite" or value is None:
+            return value
+        return loads(value)
+
+
+# Byte-order collation on PostgreSQL, as SQLite compares text, so runs with the same created_at
+# come in the same order on both, and the keyset comparison on id agrees with ORDER BY.
+RunId = String().with_variant(String(collation="C"), "postgresql")
+
+schema_migrations = Table(
+    "schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("name", Text, nullable=False),
+    Column("applied_at", UtcDateTime, nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", RunId, primary_key=True),
+    Column("pipeline", String, nullable=False),
+    Column("status", String, nullable=False),
+    Column("error", Text),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("duration_ms", Float, nullable=False),
+    Column("input", JsonDocument),
+    Column("output", JsonDocument),
+    Column("model_versions", JsonDocument, nullable=False),
+    Index(None, "pipeline", "created_at", "id"),
+    Index(None, "created_at", "id"),
+)
+
+run_steps = Table(
+    "run_steps",
+    metadata,
+    Column("run_id", RunId, primary_key=True),
+    Column("position", Integer, primary_key=True, autoincrement=False),
+    Column("name", String, nullable=False),
+    Column("model", String, nullable=False),
+    Column("version", String),
+    Column("status", String, nullable=False),
+    Column("output", JsonDocument),
+    Column("reason", Text),
+    Column("duration_ms", Float, nullable=False),
+    ForeignKeyConstraint(["run_id"], ["runs.id"], ondelete="CASCADE"),
+)

@@ -1,0 +1,301 @@
+"""The results store on SQLite or PostgreSQL: one SQLAlchemy Core implementation for both."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Row, literal, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError, StatementError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
+
+from modelfleet.store.engine import Backend, connect_store_engine, parse_store_url, write_transaction
+from modelfleet.store.errors import RunNotFound, RunRejected, StoreError
+from modelfleet.store.migrations import migrate
+from modelfleet.store.records import PipelineRun, RunPage, RunStatus, StepRecord, StepStatus
+from modelfleet.store.schema import RunId, UtcDateTime, run_steps
+from modelfleet.store.schema import runs as runs_table
+from modelfleet.store.store import MAX_LIST_LIMIT
+
+# SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation) blame the data.
+_REJECTING_SQLSTATE_CLASSES = ("22", "23")
+_MAX_DETAIL_CHARS = 300
+
+
+class SqlRunStore:
+    """Pipeline runs in SQLite (``sqlite:///path``) or PostgreSQL (``postgresql://...``).
+
+    The embedded default is a SQLite file in WAL mode; several processes may share it. ``open``
+    creates the file's folder and migrates the schema. ``busy_timeout_ms`` is how long a SQLite
+    writer waits for another's lock. Raises ConfigError for a URL it cannot use.
+    """
+
+    def __init__(self, url: str, *, busy_timeout_ms: int = 10_000) -> None:
+        self._url = parse_store_url(url)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._engine: AsyncEngine | None = None
+        self._opening = asyncio.Lock()
+        if self._url.backend == "sqlite":
+            self._insert_runs = (
+                sqlite.insert(runs_table)
+                .on_conflict_do_nothing(index_elements=[runs_table.c.id])
+                .returning(runs_table.c.id)
+            )
+        else:
+            self._insert_runs = (
+                postgresql.insert(runs_table)
+                .on_conflict_do_nothing(index_elements=[runs_table.c.id])
+                .returning(runs_table.c.id)
+            )
+
+    @property
+    def backend(self) -> Backend:
+        return self._url.backend
+
+    async def open(self) -> None:
+        async with self._opening:
+            if self._engine is not None:
+                return
+            with _translated("opening the store"):
+                engine = await connect_store_engine(self._url, busy_timeout_ms=self._busy_timeout_ms)
+                try:
+                    await migrate(engine)
+                except BaseException:
+                    await engine.dispose()
+                    raise
+            self._engine = engine
+
+    async def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.dispose()
+
+    async def save_runs(self, runs: Sequence[PipelineRun]) -> None:
+        unique: dict[str, PipelineRun] = {}
+        for run in runs:
+            unique.setdefault(run.id, run)
+        if not unique:
+            return
+        engine = self._open_engine()
+        rows = [_run_row(run) for run in unique.values()]
+        with _translated(f"saving {len(rows)} run(s)"):
+            async with write_transaction(engine) as connection:
+                result = await connection.execute(self._insert_runs, rows)
+                inserted = set(result.scalars())
+                # Steps only for runs inserted now: a stored run keeps its own steps, even when a
+                # concurrent transaction inserted it a moment ago.
+                steps = [
+                    _step_row(run.id, position, step)
+                    for run in unique.values()
+                    if run.id in inserted
+                    for position, step in enumerate(run.steps)
+                ]
+                if steps:
+                    await connection.execute(run_steps.insert(), steps)
+
+    async def get_run(self, run_id: str) -> PipelineRun:
+        run = await self.find_run(run_id)
+        if run is None:
+            raise RunNotFound(f"no pipeline run with id {run_id!r}")
+        return run
+
+    async def find_run(self, run_id: str) -> PipelineRun | None:
+        engine = self._open_engine()
+        with _translated("reading a run"):
+            async with engine.connect() as connection:
+                row = (
+                    await connection.execute(select(runs_table).where(runs_table.c.id == run_id))
+                ).one_or_none()
+                if row is None:
+                    return None
+                steps = await _steps_of(connection, [run_id])
+        return _run_from(row, steps.get(run_id, []))
+
+    async def list_runs(
+        self,
+        pipeline: str | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        if isinstance(limit, bool) or not 1 <= limit <= MAX_LIST_LIMIT:
+            raise ValueError(f"limit must be 1..{MAX_LIST_LIMIT}, got {limit!r}")
+        if since is not None and (since.tzinfo is None or since.utcoffset() is None):
+            raise ValueError("since must be timezone-aware")
+        conditions: list[ColumnElement[bool]] = []
+        if pipeline is not None:
+            conditions.append(runs_table.c.pipeline == pipeline)
+        if since is not None:
+            conditions.append(runs_table.c.created_at >= since)
+        if cursor is not None:
+            after_at, after_id = _decode_cursor(cursor)
+            conditions.append(
+                tuple_(runs_table.c.created_at, runs_table.c.id)
+                < tuple_(literal(after_at, UtcDateTime()), literal(after_id, RunId))
+            )
+        query = (
+            select(runs_table)
+            .where(*conditions)
+            .order_by(runs_table.c.created_at.desc(), runs_table.c.id.desc())
+            .limit(limit + 1)
+        )
+        engine = self._open_engine()
+        with _translated("listing runs"):
+            async with engine.connect() as connection:
+                rows = list((await connection.execute(query)).all())
+                page = rows[:limit]
+                steps = await _steps_of(connection, [row.id for row in page])
+        items = [_run_from(row, steps.get(row.id, [])) for row in page]
+        next_cursor = None
+        if len(rows) > limit:
+            next_cursor = _encode_cursor(items[-1].created_at, items[-1].id)
+        return RunPage(items, next_cursor)
+
+    def _open_engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise StoreError("the run store is not open; call open() first")
+        return self._engine
+
+
+def _run_row(run: PipelineRun) -> dict[str, Any]:
+    for label, value in (("id", run.id), ("pipeline", run.pipeline)):
+        _refuse_nul(run.id, label, value)
+    return {
+        "id": run.id,
+        "pipeline": run.pipeline,
+        "status": run.status,
+        "error": _printable(run.error),
+        "created_at": run.created_at,
+        "duration_ms": run.duration_ms,
+        "input": run.input,
+        "output": run.output,
+        "model_versions": run.model_versions,
+    }
+
+
+def _step_row(run_id: str, position: int, step: StepRecord) -> dict[str, Any]:
+    for label, value in (
+        ("step name", step.name),
+        ("step model", step.model),
+        ("step version", step.version),
+    ):
+        _refuse_nul(run_id, label, value)
+    return {
+        "run_id": run_id,
+        "position": position,
+        "name": step.name,
+        "model": step.model,
+        "version": step.version,
+        "status": step.status,
+        "output": step.output,
+        "reason": _printable(step.reason),
+        "duration_ms": step.duration_ms,
+    }
+
+
+def _refuse_nul(run_id: str, label: str, value: str | None) -> None:
+    # PostgreSQL text cannot hold NUL; refusing it on SQLite too keeps the backends alike.
+    if value is not None and "\x00" in value:
+        raise RunRejected(f"run {run_id!r}: {label} contains a NUL character")
+
+
+def _printable(message: str | None) -> str | None:
+    # Error texts come from models and are only read by people; losing the run for a NUL in its
+    # error message would be worse than showing U+FFFD in its place.
+    return message.replace("\x00", "\ufffd") if message is not None else None
+
+
+async def _steps_of(connection: AsyncConnection, run_ids: list[str]) -> dict[str, list[StepRecord]]:
+    if not run_ids:
+        return {}
+    query = (
+        select(run_steps)
+        .where(run_steps.c.run_id.in_(run_ids))
+        .order_by(run_steps.c.run_id, run_steps.c.position)
+    )
+    steps: dict[str, list[StepRecord]] = {}
+    for row in await connection.execute(query):
+        steps.setdefault(row.run_id, []).append(
+            StepRecord(
+                name=row.name,
+                model=row.model,
+                version=row.version,
+                status=cast(StepStatus, row.status),
+                output=row.output,
+                reason=row.reason,
+                duration_ms=row.duration_ms,
+            )
+        )
+    return steps
+
+
+def _run_from(row: Row[Any], steps: list[StepRecord]) -> PipelineRun:
+    return PipelineRun(
+        id=row.id,
+        pipeline=row.pipeline,
+        input=row.input,
+        output=row.output,
+        steps=steps,
+        status=cast(RunStatus, row.status),
+        error=row.error,
+        created_at=row.created_at,
+        duration_ms=row.duration_ms,
+        model_versions=dict(row.model_versions or {}),
+    )
+
+
+def _encode_cursor(created_at: datetime, run_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), run_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at_text, run_id = json.loads(raw)
+        created_at = datetime.fromisoformat(at_text)
+        if not isinstance(run_id, str) or created_at.tzinfo is None:
+            raise ValueError("not a cursor")
+    except (binascii.Error, UnicodeDecodeError, TypeError, ValueError):
+        raise ValueError("cursor is not one list_runs returned; pass next_cursor back unchanged") from None
+    return created_at, run_id
+
+
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Turn database and connection errors into StoreError (RunRejected when the data is at fault)."""
+    try:
+        yield
+    except RunRejected:
+        raise
+    except (SQLAlchemyError, sqlite3.Error, OSError) as err:
+        detail = _detail(err)
+        if _blames_data(err):
+            raise RunRejected(f"{action}: the database refused the data: {detail}") from err
+        raise StoreError(f"{action} failed: {detail}") from err
+
+
+def _blames_data(err: BaseException) -> bool:
+    if isinstance(err, IntegrityError):
+        return True
+    if isinstance(err, DBAPIError):
+        sqlstate = getattr(err.orig, "sqlstate", None) or ""
+        return sqlstate[:2] in _REJECTING_SQLSTATE_CLASSES
+    # A StatementError that is not a DBAPIError failed before reaching the database, while
+    # binding a parameter: a value the JSON encoder or the driver cannot take.
+    return isinstance(err, StatementError)
+
+
+def _detail(err: BaseException) -> str:
+    cause = err.orig if isinstance(err, StatementError) and err.orig is not None else err
+    text = (f"{type(cause).__name__}: {cause}".splitlines() or [""])[0]
+    return text if len(text) <= _MAX_DETAIL_CHARS else text[: _MAX_DETAIL_CHARS - 1] + "…"
