@@ -110,7 +110,7 @@ FLEET_MODELS = {
     "sentiment": "  sentiment:\n    class: vader-sentiment\n",
     "embedder": (
         "  embedder:\n    class: minilm-embedder\n    params:\n      runtime: onnx-int8\n      threads: 2\n"
-        "    batching:\n      max_batch_size: 32\n      max_wait_ms: 5\n"
+        "    batching:\n      max_batch_size: 32\n      max_wait_ms: 0\n"
     ),
 }
 FLEET_SERVICES = {

@@ -23,6 +23,7 @@ from modelfleet.errors import (
     RunNotFound,
     UpstreamUnavailable,
 )
+from modelfleet.store.errors import StoreError
 from modelfleet.types import JSON_CONTENT_TYPE, REQUEST_ID_HEADER, Receive, Scope, Send
 
 
@@ -45,6 +46,7 @@ STATUS_OF: dict[type[ModelfleetError], int] = {
     PredictionFailed: 500,
     ModelNotReady: 503,
     UpstreamUnavailable: 503,
+    StoreError: 503,
     DeadlineExceeded: 504,
 }
 

@@ -26,6 +26,7 @@ from modelfleet.pipeline.executor import PipelineExecutor, RowOutcome, RowState,
 from modelfleet.pipeline.placement import Unit, plan_units
 from modelfleet.pipeline.spec import CompiledPipeline, CompiledStep
 from modelfleet.pipeline.wire import apply_unit_response, unit_request
+from modelfleet.store import MAX_LIST_LIMIT
 from modelfleet.store.records import PipelineRun, StepRecord
 from modelfleet.store.store import RunStore
 from modelfleet.store.writer import RunWriter
@@ -276,8 +277,8 @@ class PipelineService:
             limit = int(options.get("limit", "50"))
         except ValueError:
             raise HTTPError(400, "limit must be a whole number") from None
-        if not 1 <= limit <= 1000:
-            raise HTTPError(400, "limit must be between 1 and 1000")
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise HTTPError(400, f"limit must be between 1 and {MAX_LIST_LIMIT}")
         try:
             page = await self.store.list_runs(
                 pipeline=options.get("pipeline"), since=since, limit=limit, cursor=options.get("cursor")

@@ -1,12 +1,14 @@
-"""Errors of the results store, in the one modelfleet error tree."""
+"""Errors of the results store, in the one modelfleet error tree.
+
+``RunNotFound`` lives in :mod:`modelfleet.errors` (the gateway maps it to a status) and is
+re-exported here, so that there is one class whichever module it is imported from.
+"""
 
 from __future__ import annotations
 
-from modelfleet.errors import ModelfleetError
+from modelfleet.errors import ModelfleetError, RunNotFound
 
-
-class RunNotFound(ModelfleetError):
-    """Raised when a pipeline run id is not in the results store."""
+__all__ = ["RunNotFound", "RunRejected", "StoreError"]
 
 
 class StoreError(ModelfleetError):

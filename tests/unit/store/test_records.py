@@ -61,3 +61,10 @@ def test_unknown_statuses_are_refused() -> None:
         PipelineRun.from_dict({**data, "status": "done"})
     with pytest.raises(ValueError, match="unknown status 'maybe'"):
         StepRecord("s", "m", None, "maybe", None, None, 0.0)  # type: ignore[arg-type]
+
+
+def test_the_store_and_the_gateway_share_one_run_not_found() -> None:
+    import modelfleet.errors
+    import modelfleet.store
+
+    assert modelfleet.store.RunNotFound is modelfleet.errors.RunNotFound

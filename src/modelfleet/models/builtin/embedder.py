@@ -87,7 +87,10 @@ class MiniLMEmbedder(Model[EmbedInput, EmbedOutput]):
         "all-MiniLM-L6-v2 sentence embeddings: 384 floats, mean-pooled and L2-normalised, "
         "so a dot product is the cosine similarity. Texts are cut at 256 tokens."
     )
-    batching = Batching(max_batch_size=32, max_wait_ms=5)
+    # Greedy batching: a lone request runs at once, and whatever queues while a batch runs forms the
+    # next one. Measured through the gateway: c=1 p50 7 ms instead of 12 ms with a 5 ms wait, and
+    # the same c=64 throughput.
+    batching = Batching(max_batch_size=32, max_wait_ms=0)
     inline = False
     max_concurrency = 1
 
