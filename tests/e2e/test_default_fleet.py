@@ -71,3 +71,22 @@ def test_every_builtin_model_answers_the_inference_protocol(default_fleet: Runni
     assert len(embedding["data"]) == 768
     meta = call(f"{gw}/v2/models/embedder").json()
     assert meta["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": [-1, -1]}]
+
+
+def test_default_triage_pipeline(default_fleet: RunningFleet) -> None:
+    gw = default_fleet.gateway
+    english = call(
+        f"{gw}/v1/pipelines/triage", "POST", {"text": "My card payment was declined again, awful!"}
+    )
+    assert english.status == 200, english.body
+    result = english.json()
+    assert result["output"]["language"] == "en"
+    assert result["output"]["sentiment"] == "negative"
+    assert len(result["output"]["embedding"]) == 384
+    assert result["skipped"] == {}
+    french = call(
+        f"{gw}/v1/pipelines/triage", "POST", {"text": "Ma carte ne fonctionne plus depuis hier"}
+    ).json()
+    assert french["output"]["english"] is False
+    assert set(french["skipped"]) == {"sentiment", "embedding"}
+    assert call(f"{gw}/v1/runs/{result['run_id']}").json()["status"] == "succeeded"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -238,3 +240,94 @@ def test_pipelines_are_described(packed: RunningFleet) -> None:
     assert ["language", "spam"] in triage["edges"]
     assert triage["steps"][1]["when"] == "language.language == 'en'"
     assert call(f"{packed.gateway}/v1/pipelines/nope").status == 404
+
+
+def test_runs_are_readable_from_the_cli(packed: RunningFleet) -> None:
+    run_id = run(packed, "triage", TEXTS[1]).json()["run_id"]
+    listing = packed.cli("runs", "--pipeline", "triage", "--limit", "3", "--json")
+    assert listing.returncode == 0, listing.stderr
+    assert run_id in [r["id"] for r in json.loads(listing.stdout)["runs"]]
+    shown = packed.cli("runs", "--id", run_id)
+    assert shown.returncode == 0
+    record = json.loads(shown.stdout)
+    assert record["output"]["language"] == "fr"
+    assert {s["name"]: s["status"] for s in record["steps"]}["spam"] == "skipped"
+    table = packed.cli("runs", "--limit", "2")
+    assert "spam,intent,sentiment" in table.stdout
+    assert packed.cli("runs", "--id", "nope").returncode == 1
+
+
+def _sql(url: str, query: str, *args: Any) -> list[Any]:
+    import asyncpg
+
+    async def fetch() -> list[Any]:
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+def test_runs_are_in_the_postgresql_database(split: RunningFleet, postgres_url: str) -> None:
+    result = run(split, "triage", TEXTS[2]).json()
+    (row,) = _sql(
+        postgres_url, "SELECT pipeline, status, output::text FROM runs WHERE id = $1", result["run_id"]
+    )
+    assert (row["pipeline"], row["status"]) == ("triage", "succeeded")
+    assert json.loads(row["output"])["spam"] is True
+    steps = _sql(
+        postgres_url,
+        "SELECT name, status, reason FROM run_steps WHERE run_id = $1 ORDER BY position",
+        result["run_id"],
+    )
+    assert [(s["name"], s["status"]) for s in steps] == [
+        ("language", "ok"),
+        ("spam", "ok"),
+        ("intent", "skipped"),
+        ("sentiment", "skipped"),
+    ]
+
+
+def test_a_failed_store_write_is_reported_and_the_answer_still_given(
+    fleet_factory: Any, postgres_url: str
+) -> None:
+    fleet = fleet_factory(_config(PACKED, postgres_url), name="store-down")
+    assert run(fleet, "triage", TEXTS[0]).json()["stored"] is True
+    database = postgres_url.rsplit("/", 1)[1]
+    admin = postgres_url.rsplit("/", 1)[0] + "/postgres"
+    _sql(admin, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+    try:
+        _sql(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database)
+        # Given the database refuses connections, when a pipeline runs, then the answer comes back
+        # and says plainly that the run was not stored.
+        reply = run(fleet, "triage", TEXTS[0])
+        assert reply.status == 200
+        result = reply.json()
+        assert result["output"]["intent"] == "card_arrival"
+        assert result["stored"] is False
+        assert result["store_error"].startswith("the run was not stored")
+    finally:
+        _sql(admin, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+    assert run(fleet, "triage", TEXTS[0]).json()["stored"] is True
+
+
+def test_up_refuses_a_bad_pipeline_naming_pipeline_and_step(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import fleet_env, write_config
+
+    bad = {"steps": {"a": {"model": "language"}, "b": {"model": "sentiment", "when": "a.language = 'en'"}}}
+    config = write_config(tmp_path, {**_config(PACKED), "pipelines": {"broken": bad}})
+    result = subprocess.run(
+        [sys.executable, "-m", "modelfleet", "up", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=fleet_env(),
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "pipelines.broken.steps.b.when: bad expression" in result.stderr
