@@ -6,6 +6,7 @@ per-request cost stays close to the server's own.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -59,6 +60,34 @@ def http_error_of(err: ModelfleetError) -> HTTPError:
             details = err.details if isinstance(err, InvalidInput) else None
             return HTTPError(status, str(err), details or None)
     return HTTPError(500, str(err))
+
+
+def status_of(err: BaseException) -> int:
+    """The status an exception escaping a handler will be answered with."""
+    if isinstance(err, HTTPError):
+        return err.status
+    if isinstance(err, ModelfleetError):
+        return http_error_of(err).status
+    return 500
+
+
+Dispatch = Callable[[Scope, Receive, Send, bytes], Awaitable[None]]
+
+
+async def serve_request(
+    dispatch: Dispatch, scope: Scope, receive: Receive, send: Send, log: logging.Logger
+) -> None:
+    """Run ``dispatch`` for one HTTP request, answering every error as JSON with the request id."""
+    rid = request_id_of(scope)
+    try:
+        await dispatch(scope, receive, send, rid)
+    except HTTPError as err:
+        await respond_error(send, err, rid)
+    except ModelfleetError as err:
+        await respond_error(send, http_error_of(err), rid)
+    except Exception:
+        log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+        await respond_error(send, HTTPError(500, "internal error"), rid)
 
 
 def error_body(message: str, details: list[dict[str, object]] | None = None) -> bytes:

@@ -20,7 +20,7 @@ import time
 import orjson
 
 from modelfleet import __version__
-from modelfleet.errors import DeadlineExceeded, ModelfleetError, ModelNotFound, UpstreamUnavailable
+from modelfleet.errors import DeadlineExceeded, ModelNotFound, UpstreamUnavailable
 from modelfleet.gateway.balancer import ReplicaSet
 from modelfleet.gateway.client import UpstreamError, UpstreamResponse, fetch
 from modelfleet.gateway.pipelines import PipelineService
@@ -28,12 +28,11 @@ from modelfleet.http import (
     HTTPError,
     check_json_content_type,
     get_header,
-    http_error_of,
     lifespan,
     read_body,
-    request_id_of,
     respond,
-    respond_error,
+    serve_request,
+    status_of,
 )
 from modelfleet.metrics import PROMETHEUS_CONTENT_TYPE, GatewayMetrics
 from modelfleet.pipeline.spec import CompiledPipeline
@@ -94,16 +93,7 @@ class GatewayApp:
             if scope["type"] == "lifespan":
                 await lifespan(receive, send, on_startup=self.start, on_shutdown=self.stop)
             return
-        rid = request_id_of(scope)
-        try:
-            await self._dispatch(scope, receive, send, rid)
-        except HTTPError as err:
-            await respond_error(send, err, rid)
-        except ModelfleetError as err:
-            await respond_error(send, http_error_of(err), rid)
-        except Exception:
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            await respond_error(send, HTTPError(500, "internal error"), rid)
+        await serve_request(self._dispatch, scope, receive, send, log)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, rid: bytes) -> None:
         method = scope["method"]
@@ -169,11 +159,8 @@ class GatewayApp:
                     f"pipeline {parts[2]!r} did not finish within the deadline of {timeout_s * 1000:.0f} ms"
                 ) from None
             await respond(send, code, answer, rid)
-        except HTTPError as err:
-            code = err.status
-            raise
-        except ModelfleetError as err:
-            code = http_error_of(err).status
+        except BaseException as err:
+            code = status_of(err)
             raise
         finally:
             self.metrics.observe(f"pipeline:{parts[2]}", code, time.perf_counter() - started)
@@ -214,11 +201,8 @@ class GatewayApp:
             code = response.status
             ctype = response.header(b"content-type") or JSON_CONTENT_TYPE
             await respond(send, response.status, response.body, rid, content_type=ctype)
-        except HTTPError as err:
-            code = err.status
-            raise
-        except ModelfleetError as err:
-            code = http_error_of(err).status
+        except BaseException as err:
+            code = status_of(err)
             raise
         finally:
             self.metrics.observe(service, code, time.perf_counter() - started)

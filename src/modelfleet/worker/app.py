@@ -25,17 +25,16 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from modelfleet import __version__
-from modelfleet.errors import DeadlineExceeded, InvalidInput, MalformedRequest, ModelfleetError, ModelNotFound
+from modelfleet.errors import DeadlineExceeded, InvalidInput, MalformedRequest, ModelNotFound
 from modelfleet.http import (
     HTTPError,
     check_json_content_type,
     get_header,
-    http_error_of,
     lifespan,
     read_body,
-    request_id_of,
     respond,
-    respond_error,
+    serve_request,
+    status_of,
 )
 from modelfleet.metrics import PROMETHEUS_CONTENT_TYPE, WorkerMetrics
 from modelfleet.models.runner import ModelRunner, describe_validation_error
@@ -89,16 +88,7 @@ class WorkerApp:
             if scope["type"] == "lifespan":
                 await lifespan(receive, send, on_shutdown=self.close)
             return
-        rid = request_id_of(scope)
-        try:
-            await self._dispatch(scope, receive, send, rid)
-        except HTTPError as err:
-            await respond_error(send, err, rid)
-        except ModelfleetError as err:
-            await respond_error(send, http_error_of(err), rid)
-        except Exception:
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            await respond_error(send, HTTPError(500, "internal error"), rid)
+        await serve_request(self._dispatch, scope, receive, send, log)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, rid: bytes) -> None:
         method = scope["method"]
@@ -204,27 +194,21 @@ class WorkerApp:
             single, inputs = self._parse_plain(runner, body)
             count = len(inputs)
             outputs = await self._run(scope, runner, inputs)
+            # Spliced as bytes: the outputs are already JSON, so they are not decoded and encoded again.
             if single:
-                payload = runner.output_one.dump_json(outputs[0])
-                out = b'{"model":"%s","version":"%s","output":%s}' % (
-                    name.encode(),
-                    runner.version.encode(),
-                    payload,
-                )
+                key, payload = b"output", runner.output_one.dump_json(outputs[0])
             else:
-                payload = runner.output_many.dump_json(outputs)
-                out = b'{"model":"%s","version":"%s","outputs":%s}' % (
-                    name.encode(),
-                    runner.version.encode(),
-                    payload,
-                )
+                key, payload = b"outputs", runner.output_many.dump_json(outputs)
+            out = b'{"model":"%s","version":"%s","%s":%s}' % (
+                name.encode(),
+                runner.version.encode(),
+                key,
+                payload,
+            )
             code = 200
             await respond(send, 200, out, rid)
-        except HTTPError as err:
-            code = err.status
-            raise
-        except ModelfleetError as err:
-            code = http_error_of(err).status
+        except BaseException as err:
+            code = status_of(err)
             raise
         finally:
             self.metrics.observe(
@@ -281,11 +265,8 @@ class WorkerApp:
             out = oip.encode_response(runner.name, runner.version, runner.output_type, outputs, request)
             code = 200
             await respond(send, 200, out, rid)
-        except HTTPError as err:
-            code = err.status
-            raise
-        except ModelfleetError as err:
-            code = http_error_of(err).status
+        except BaseException as err:
+            code = status_of(err)
             raise
         finally:
             self.metrics.observe(runner.name, "v2", code, time.perf_counter() - started, count)

@@ -1,0 +1,683 @@
+"""Pipeline benchmark: what running the triage pipeline through the gateway costs over its bare models.
+
+The ``triage`` pipeline of the default fleet.yaml (language -> for English text, sentiment and
+embedding in parallel) is copied as is into a generated fleet config and run under two placements,
+one fleet after the other (never overlapping):
+
+- packed: one service hosting language, sentiment and embedder, so the gateway sends the whole
+  pipeline to one worker in one hop;
+- split: service light (language, sentiment) and service embed (embedder), like the default fleet,
+  so the gateway runs the light unit, then the embedding step, as separate hops.
+
+Each is loaded with ``POST /v1/pipelines/triage`` (runs stored in SQLite, the default) at
+concurrency 1 and 16 by bench/loadgen.py in its own process, plus one row at c=1 with ``?store=false``
+to show the cost of the store. The baseline, measured in this process at the start and again at the
+end of the run: the three models' ``predict`` on one input each, called one after another (``raw
+sum``). The table goes to stdout, the results as JSON to bench/results/pipeline-<timestamp>.json.
+
+    .venv/bin/python bench/bench_pipeline.py [--duration S] [--quick] [--placements packed,split]
+    .venv/bin/python bench/bench_pipeline.py --profile packed [--concurrency 1]   # py-spy, no table
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import os
+import platform
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from bench_foundation import (
+    DATA_DIR,
+    RESULTS_DIR,
+    ROOT,
+    QuietBudget,
+    Row,
+    _caller,
+    _f,
+    announce,
+    git_commit,
+    http_call,
+    log,
+    measure,
+    package_versions,
+    run_load,
+    time_calls_quietly,
+)
+
+PIPELINE = "triage"
+SOURCE_FLEET = ROOT / "fleet.yaml"
+CONCURRENCIES: tuple[int, ...] = (1, 16)
+NO_STORE_C = 1
+TEXT = "My card payment was declined again and nobody at the branch could tell me why, this is terrible."
+TARGET_LATENCY_RATIO = 1.3
+TARGET_PLACEMENT = "packed"
+
+# The models the bench serves; the pipeline copied from fleet.yaml may use only these.
+MODELS: dict[str, dict[str, Any]] = {
+    "language": {"class": "fasttext-language"},
+    "sentiment": {"class": "vader-sentiment"},
+    "embedder": {
+        "class": "minilm-embedder",
+        "params": {"runtime": "onnx-int8", "threads": 2},
+        "batching": {"max_batch_size": 32, "max_wait_ms": 0},
+    },
+}
+RAW_ORDER = ("language", "sentiment", "embedder")  # the order the pipeline calls them in
+
+# placement -> (services, pipeline placement setting)
+PLACEMENTS: dict[str, tuple[dict[str, list[str]], str]] = {
+    "packed": ({"nlp": ["language", "sentiment", "embedder"]}, "packed"),
+    "split": ({"light": ["language", "sentiment"], "embed": ["embedder"]}, "packed"),
+    # Not measured by default: the packed fleet with `placement: per-step` (one hop a step).
+    "per-step": ({"nlp": ["language", "sentiment", "embedder"]}, "per-step"),
+}
+DEFAULT_PLACEMENTS = ("packed", "split")
+
+RAW = "raw"
+RAW_SUM = "raw sum"
+END = " (end)"
+STORED = "gateway"
+NOT_STORED = "gateway store=false"
+
+
+@dataclass
+class PlacementInfo:
+    """What the gateway said about one placement, and the answer to the check request."""
+
+    units: list[dict[str, Any]] = field(default_factory=list)
+    output: Any = None
+    steps: dict[str, Any] = field(default_factory=dict)
+    response_bytes: int = 0
+    failure: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def source_pipeline() -> dict[str, Any]:
+    """The triage pipeline exactly as fleet.yaml defines it; refuses one that needs other models."""
+    data = yaml.safe_load(SOURCE_FLEET.read_text(encoding="utf-8"))
+    spec = (data.get("pipelines") or {}).get(PIPELINE)
+    if not isinstance(spec, dict):
+        raise SystemExit(f"{SOURCE_FLEET}: no pipeline {PIPELINE!r} to benchmark")
+    used = {str(step["model"]).partition("@")[0] for step in spec["steps"].values()}
+    missing = sorted(used - set(MODELS))
+    if missing:
+        raise SystemExit(
+            f"{SOURCE_FLEET}: pipeline {PIPELINE!r} uses models this bench does not serve: "
+            f"{', '.join(missing)}; add them to MODELS and PLACEMENTS in {Path(__file__).name}"
+        )
+    return dict(spec)
+
+
+def fleet_config(tmp: Path, placement: str, pipeline: dict[str, Any]) -> str:
+    services, setting = PLACEMENTS[placement]
+    config: dict[str, Any] = {
+        "data_dir": str(DATA_DIR),
+        "store_url": f"sqlite:///{tmp}/modelfleet.db",
+        "log_level": "warning",
+        "gateway": {"host": "127.0.0.1", "port": 0},
+        "supervisor": {"run_dir": f"{tmp}/run", "ready_timeout_s": 600},
+        "models": MODELS,
+        "services": {name: {"models": models, "replicas": 1} for name, models in services.items()},
+        "pipelines": {PIPELINE: {**pipeline, "placement": setting}},
+    }
+    head = f"# Written by bench/bench_pipeline.py for one benchmark run ({placement}).\n"
+    return head + yaml.safe_dump(config, sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------- raw
+
+
+def load_raw_models() -> dict[str, Any]:
+    from modelfleet.models.catalog import build_runner
+    from modelfleet.settings import ModelSettings
+
+    models = {}
+    for name in RAW_ORDER:
+        runner = build_runner(name, ModelSettings.model_validate(MODELS[name]), str(DATA_DIR))
+        started = time.perf_counter()
+        runner.model.load()
+        log(f"raw: loaded {name} in {time.perf_counter() - started:.2f}s")
+        models[name] = runner.model
+    return models
+
+
+def bind(predict: Callable[[list[Any]], list[Any]], inputs: list[Any]) -> Callable[[], object]:
+    def call() -> object:
+        return predict(inputs)
+
+    return call
+
+
+def measure_raw(warmup_s: float, duration_s: float, retries: int, suffix: str) -> list[Row]:
+    """Each model's predict on one input, then the three one after another (the baseline)."""
+    models = load_raw_models()
+    calls: dict[str, Callable[[], object]] = {}
+    for name in RAW_ORDER:
+        predict = _caller(models[name])
+        one = [type(models[name]).input_type(text=TEXT)]
+        out = predict(one)
+        if len(out) != 1:
+            raise RuntimeError(f"raw {name}: {len(out)} outputs for one input")
+        calls[name] = bind(predict, one)
+    language = _caller(models["language"])([type(models["language"]).input_type(text=TEXT)])[0]
+    if language.language != "en":
+        raise RuntimeError(
+            f"the bench text is not detected as English ({language!r}); the pipeline would skip"
+        )
+    chain = [calls[name] for name in RAW_ORDER]
+
+    def raw_sum() -> None:
+        for call in chain:
+            call()
+
+    rows = []
+    for variant, call in [(RAW_SUM, raw_sum), *((f"{RAW} {n}", calls[n]) for n in RAW_ORDER)]:
+        stats = time_calls_quietly(call, warmup_s, duration_s, retries, f"{variant}{suffix}")
+        rows.append(
+            Row(
+                RAW,
+                variant + suffix,
+                None,
+                rps=stats["calls_per_s"],
+                p50_ms=stats["p50_ms"],
+                p99_ms=stats["p99_ms"],
+                server_cpu_ms_per_req=stats["cpu_ms_per_call"],
+                requests=int(stats["calls"]),
+                machine_busy_pct=stats["machine_busy_pct"],
+                other_cores=stats["other_cores"],
+                unit="calls/s",
+                detail=stats,
+            )
+        )
+        log(f"{variant}{suffix}: {stats['calls_per_s']:.0f} calls/s, p50 {stats['p50_ms']:.3f} ms")
+    del models, calls, chain
+    gc.collect()  # drop the models (and onnxruntime's threads) before anything else runs
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- fleet
+
+
+def stored_runs(db: Path) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as conn:
+        return int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
+
+
+def check_placement(port: int, body: bytes) -> PlacementInfo:
+    """The gateway's units for the pipeline, and one run that must succeed with every step ok."""
+    info = PlacementInfo()
+    status, answer = http_call(port, "GET", f"/v1/pipelines/{PIPELINE}")
+    if status != 200:
+        raise RuntimeError(f"GET /v1/pipelines/{PIPELINE} answered {status}: {answer[:300]!r}")
+    info.units = list(orjson.loads(answer)["units"])
+    status, answer = http_call(port, "POST", f"/v1/pipelines/{PIPELINE}", body)
+    if status != 200:
+        raise RuntimeError(f"POST /v1/pipelines/{PIPELINE} answered {status}: {answer[:500]!r}")
+    data = orjson.loads(answer)
+    bad = {name: s for name, s in data["steps"].items() if s["status"] != "ok"}
+    if data["status"] != "succeeded" or bad or not data.get("stored"):
+        raise RuntimeError(
+            f"check run: status {data['status']!r}, stored {data.get('stored')!r}, steps not ok: "
+            f"{ {n: (s['status'], s['reason']) for n, s in bad.items()} }, error {data.get('error')!r}"
+        )
+    info.output = data["output"]
+    info.steps = {
+        n: {k: s[k] for k in ("status", "duration_ms", "version")} for n, s in data["steps"].items()
+    }
+    info.response_bytes = len(answer)
+    return info
+
+
+@contextlib.contextmanager
+def fleet(placement: str, pipeline: dict[str, Any], keep: bool) -> Iterator[tuple[Any, dict[str, int], Path]]:
+    """Start the placement's fleet; yields (plan, pids by process name, the SQLite file)."""
+    from modelfleet.settings import load_settings
+    from modelfleet.supervisor.state import FleetState
+    from modelfleet.supervisor.supervisor import Supervisor
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"modelfleet-bench-{placement}-"))
+    config = tmp / "fleet.yaml"
+    config.write_text(fleet_config(tmp, placement, pipeline), encoding="utf-8")
+    supervisor = Supervisor(load_settings(config), config)
+    failed = False
+    try:
+        started = time.perf_counter()
+        plan = supervisor.start()
+        log(f"{placement} fleet ready in {time.perf_counter() - started:.1f}s: gateway {plan.gateway.url}")
+        state = FleetState.read(supervisor.run_dir)
+        if state is None:
+            raise RuntimeError("the supervisor wrote no state.json")
+        pids: dict[str, int] = {}
+        for proc in state.processes:
+            if proc.pid is None:
+                raise RuntimeError(f"{proc.name} has no pid")
+            pids[proc.name] = proc.pid
+        yield plan, pids, tmp / "modelfleet.db"
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        supervisor.stop()
+        if failed or keep:
+            log(f"{placement} fleet folder kept: {tmp} (logs in {supervisor.log_dir})")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure_placement(
+    placement: str,
+    pipeline: dict[str, Any],
+    warmup_s: float,
+    duration_s: float,
+    retries: int,
+    keep: bool,
+    rows: list[Row],
+    meta: dict[str, Any],
+) -> PlacementInfo:
+    body = orjson.dumps({"text": TEXT})
+    path = f"/v1/pipelines/{PIPELINE}"
+    plan_of: list[tuple[str, int]] = [(STORED, c) for c in CONCURRENCIES]
+    plan_of.insert(1, (NOT_STORED, NO_STORE_C))  # right after the stored c=1, before c=16 grows the db
+    with fleet(placement, pipeline, keep) as (plan, pids, db):
+        meta.setdefault("fleets", {})[placement] = {"plan": json.loads(plan.to_json()), "pids": pids}
+        info = check_placement(plan.gateway.port, body)
+        log(f"{placement}: {len(info.units)} hop(s): {info.units}")
+        # Every process of the fleet: the gateway first, then the workers.
+        use = {"gateway": pids["gateway"], **{k: v for k, v in sorted(pids.items()) if k != "gateway"}}
+        for variant, c in plan_of:
+            target = path if variant == STORED else f"{path}?store=false"
+            before = stored_runs(db)
+            row = measure(
+                placement,
+                variant,
+                plan.gateway.port,
+                target,
+                body,
+                c,
+                use,
+                warmup_s,
+                duration_s,
+                retries=retries,
+            )
+            row.detail["hops"] = len(info.units)
+            if not row.failure:
+                added = stored_runs(db) - before
+                row.detail["runs_stored_during_load"] = added
+                # Runs of the warm-up are stored too, so at least every answer of the window must be there.
+                if variant == STORED and added < row.requests:
+                    row.failure = f"only {added} runs stored for {row.requests} answered in the window"
+                if variant == NOT_STORED and added:
+                    row.failure = f"{added} runs stored although the requests said store=false"
+            announce(row)
+            rows.append(row)
+    return info
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def best_raw(rows: list[Row], variant: str) -> tuple[float | None, float | None]:
+    """(highest calls/s, lowest p50 ms) over the start and end passes: never flatters the pipeline."""
+    found = [r for r in rows if r.workload == RAW and r.variant in (variant, variant + END) and not r.failure]
+    rps = max((r.rps for r in found if r.rps), default=None)
+    p50 = min((r.p50_ms for r in found if r.p50_ms), default=None)
+    return rps, p50
+
+
+def add_ratios(rows: list[Row]) -> tuple[float | None, float | None]:
+    raw_rps, raw_p50 = best_raw(rows, RAW_SUM)
+    for row in rows:
+        if row.workload == RAW or row.failure:
+            continue
+        if raw_rps and row.rps:
+            row.ratio_to_raw = row.rps / raw_rps
+        if raw_p50 and row.p50_ms and row.concurrency == 1:
+            row.detail["latency_ratio"] = row.p50_ms / raw_p50
+    return raw_rps, raw_p50
+
+
+def format_table(rows: list[Row]) -> str:
+    header = (
+        f"{'placement':<9} {'variant':<20} {'c':>3} {'hops':>4} {'throughput':>10} {'unit':<8} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'srv CPU ms/req':>14}  {'CPU split ms/req':<36} {'lg CPU':>7} "
+        f"{'busy%':>6} {'other':>6} {'p50/raw':>7} {'x raw':>6} {'errors':>6}"
+    )
+    lines = [header, "-" * len(header)]
+    last = None
+    for row in rows:
+        if last is not None and row.workload != last:
+            lines.append("")
+        last = row.workload
+        c = "-" if row.concurrency is None else str(row.concurrency)
+        hops = str(row.detail.get("hops", "-"))
+        if row.failure:
+            lines.append(f"{row.workload:<9} {row.variant:<20} {c:>3} {hops:>4} FAILED: {row.failure}")
+            continue
+        split = " ".join(f"{k} {v:.3f}" for k, v in row.cpu_split.items())
+        lines.append(
+            f"{row.workload:<9} {row.variant:<20} {c:>3} {hops:>4} {_f(row.rps, '.0f'):>10} {row.unit:<8} "
+            f"{_f(row.p50_ms, '.3f'):>8} {_f(row.p99_ms, '.3f'):>8} {_f(row.server_cpu_ms_per_req, '.3f'):>14}  "
+            f"{split:<36} {_f(row.loadgen_cpu_ms_per_req, '.3f'):>7} {_f(row.machine_busy_pct, '.0f'):>6} "
+            f"{_f(row.other_cores, '.2f'):>6} {_f(row.detail.get('latency_ratio'), '.2f'):>7} "
+            f"{_f(row.ratio_to_raw, '.3f'):>6} {row.errors if row.concurrency else '':>6}"
+        )
+    return "\n".join(lines)
+
+
+def compute_targets(rows: list[Row], raw_rps: float | None, raw_p50: float | None) -> dict[str, Any]:
+    targets: dict[str, Any] = {"raw_sum_calls_per_s": raw_rps, "raw_sum_p50_ms": raw_p50, "placements": {}}
+    for row in rows:
+        if row.workload == RAW or row.failure:
+            continue
+        entry = targets["placements"].setdefault(row.workload, {})
+        entry[f"{row.variant} c={row.concurrency}"] = {
+            "rps": row.rps,
+            "p50_ms": row.p50_ms,
+            "latency_ratio": row.detail.get("latency_ratio"),
+            "throughput_ratio": row.ratio_to_raw,
+        }
+    at = next(
+        (
+            r
+            for r in rows
+            if r.workload == TARGET_PLACEMENT and r.variant == STORED and r.concurrency == 1 and not r.failure
+        ),
+        None,
+    )
+    ratio = None if at is None else at.detail.get("latency_ratio")
+    targets["latency_c1"] = {
+        "placement": TARGET_PLACEMENT,
+        "ratio": ratio,
+        "target": f"<= {TARGET_LATENCY_RATIO}",
+        "met": None if ratio is None else ratio <= TARGET_LATENCY_RATIO,
+    }
+    return targets
+
+
+def format_targets(targets: dict[str, Any], infos: dict[str, PlacementInfo]) -> str:
+    lines = ["Hops (GET /v1/pipelines/triage -> units)"]
+    for placement, info in infos.items():
+        units = ", ".join(f"{u['service']}: {'+'.join(u['steps'])}" for u in info.units)
+        lines.append(f"  {placement:<9} {len(info.units)} hop(s)   {units or info.failure or '-'}")
+    lines.append("")
+    lines.append(
+        "Ratios (stored runs unless marked; raw sum = language + sentiment + embedder predict, one input)"
+    )
+    raw_rps, raw_p50 = targets["raw_sum_calls_per_s"], targets["raw_sum_p50_ms"]
+    lines.append(
+        f"  raw sum: p50 {_f(raw_p50, '.3f')} ms, {_f(raw_rps, '.0f')} calls/s (better of start and end)"
+    )
+    for placement, entries in targets["placements"].items():
+        for label, item in entries.items():
+            latency = item["latency_ratio"]
+            lat = "" if latency is None else f"latency p50/raw {latency:.2f}   "
+            lines.append(
+                f"  {placement:<9} {label:<26} {lat:<26}throughput req/s / raw calls/s "
+                f"{_f(item['throughput_ratio'], '.3f')}"
+            )
+    t = targets["latency_c1"]
+    verdict = "not measured" if t["met"] is None else ("MET" if t["met"] else "NOT MET")
+    lines.append("")
+    lines.append(
+        f"Target: {t['placement']} c=1 p50 / raw-sum p50 = {_f(t['ratio'], '.2f')}   "
+        f"target {t['target']}: {verdict}"
+    )
+    return "\n".join(lines)
+
+
+def outputs_match(infos: dict[str, PlacementInfo]) -> list[str]:
+    """Problems when the placements' check runs did not give the same output."""
+    done = {p: i for p, i in infos.items() if i.failure is None}
+    if len(done) < 2:
+        return []
+    first, *others = done
+    problems = []
+    for other in others:
+        a, b = done[first].output, done[other].output
+        if a == b:
+            continue
+        if not (isinstance(a, dict) and isinstance(b, dict)):
+            problems.append(f"OUTPUT MISMATCH {first} vs {other}: {str(a)[:200]} != {str(b)[:200]}")
+            continue
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        detail = []
+        for key in keys:
+            x, y = a.get(key), b.get(key)
+            if isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
+                diff = max((abs(float(p) - float(q)) for p, q in zip(x, y, strict=True)), default=0.0)
+                detail.append(f"{key}: max |diff| {diff:.3g}")
+            else:
+                detail.append(f"{key}: {str(x)[:80]} != {str(y)[:80]}")
+        problems.append(f"OUTPUT MISMATCH {first} vs {other}: {'; '.join(detail)}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------- profile
+
+
+def profile(placement: str, concurrency: int, duration_s: float, rate: int) -> int:
+    """Load one placement at ``concurrency`` and sample the gateway and each worker with py-spy."""
+    from profile_foundation import py_spy, summarize
+
+    spy = py_spy()
+    body = orjson.dumps({"text": TEXT})
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    warmup = 2.0
+    with fleet(placement, source_pipeline(), keep=False) as (plan, pids, _):
+        check_placement(plan.gateway.port, body)
+        outputs = {
+            n: RESULTS_DIR / f"profile-{stamp}-pipeline-{placement}-c{concurrency}-{n}.txt" for n in pids
+        }
+        spies: list[subprocess.Popen[bytes]] = []
+
+        def start_spies() -> None:
+            for name, pid in pids.items():
+                argv = [spy, "record", "--pid", str(pid), "--duration", str(math.ceil(duration_s))]
+                argv += [
+                    "--rate",
+                    str(rate),
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "--output",
+                    str(outputs[name]),
+                ]
+                spies.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+
+        timer = threading.Timer(warmup, start_spies)
+        timer.start()
+        log(f"profiling {placement} c={concurrency}: {pids}")
+        row = run_load(
+            placement,
+            "profile",
+            plan.gateway.port,
+            f"/v1/pipelines/{PIPELINE}",
+            body,
+            concurrency,
+            pids,
+            warmup,
+            duration_s + 1.0,
+        )
+        timer.join()
+        for proc in spies:
+            try:
+                _, err = proc.communicate(timeout=duration_s + 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            if proc.returncode != 0:
+                log(f"py-spy exited {proc.returncode}: {err.decode(errors='replace')[-500:]}")
+    print(
+        f"\n{placement} c={concurrency}: {row.rps or 0:.0f} req/s, p50 {_f(row.p50_ms, '.3f')} ms (py-spy attached), "
+        "server CPU ms/req " + ", ".join(f"{k} {v:.3f}" for k, v in row.cpu_split.items())
+    )
+    for name, out in outputs.items():
+        print(f"\n== {name} (pid {pids[name]}): {out}")
+        print(summarize(out, 25) if out.exists() else "  (no profile written)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=None, help="measured window per run, s (default 5)")
+    parser.add_argument(
+        "--warmup", type=float, default=None, help="unmeasured warm-up per run, s (default 1)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="short windows (1.5 s, 0.5 s warm-up) for a smoke run"
+    )
+    parser.add_argument(
+        "--placements",
+        default=",".join(DEFAULT_PLACEMENTS),
+        help=f"comma-separated subset of {','.join(PLACEMENTS)} (default: {','.join(DEFAULT_PLACEMENTS)})",
+    )
+    parser.add_argument(
+        "--noise-retries", type=int, default=2, help="measure again when the machine was busy"
+    )
+    parser.add_argument("--quiet-budget", type=float, default=300.0, help="total seconds to wait for quiet")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary fleet folders and their logs")
+    parser.add_argument(
+        "--profile", choices=sorted(PLACEMENTS), help="only profile this placement with py-spy"
+    )
+    parser.add_argument("--concurrency", type=int, default=1, help="with --profile: the load's concurrency")
+    parser.add_argument("--rate", type=int, default=250, help="with --profile: py-spy samples per second")
+    args = parser.parse_args(argv)
+    duration_s = args.duration if args.duration is not None else (1.5 if args.quick else 5.0)
+    warmup_s = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
+    if not (0 < duration_s <= 120 and 0 <= warmup_s <= 30):
+        parser.error("--duration must be in (0, 120] and --warmup in [0, 30]")
+    if args.profile:
+        if not 1 <= args.concurrency <= 1024:
+            parser.error("--concurrency must be in 1..1024")
+        return profile(args.profile, args.concurrency, duration_s, args.rate)
+    placements = [p.strip() for p in args.placements.split(",") if p.strip()]
+    unknown = [p for p in placements if p not in PLACEMENTS]
+    if unknown or not placements:
+        parser.error(f"unknown placements: {', '.join(unknown) or '(none)'}")
+    QuietBudget.left_s = max(0.0, min(args.quiet_budget, 3600.0))
+    pipeline = source_pipeline()
+
+    started = datetime.now(UTC)
+    meta: dict[str, Any] = {
+        "started": started.isoformat(),
+        "duration_s": duration_s,
+        "warmup_s": warmup_s,
+        "concurrencies": list(CONCURRENCIES),
+        "no_store_concurrency": NO_STORE_C,
+        "text": TEXT,
+        "pipeline": pipeline,
+        "models": MODELS,
+        "placements": {p: {"services": PLACEMENTS[p][0], "setting": PLACEMENTS[p][1]} for p in placements},
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "git_commit": git_commit(),
+        "noise_retries": args.noise_retries,
+    }
+    rows: list[Row] = []
+    problems: list[str] = []
+    infos: dict[str, PlacementInfo] = {}
+
+    def raw_pass(suffix: str) -> None:
+        try:
+            rows.extend(measure_raw(warmup_s, duration_s, args.noise_retries, suffix))
+        except Exception as err:
+            message = f"raw{suffix}: {type(err).__name__}: {err}"
+            problems.append(message)
+            log(message)
+            rows.append(Row(RAW, RAW_SUM + suffix, None, failure=message))
+
+    # 1. the raw baseline, no server running; 2. each placement's fleet alone; 3. the raw baseline again
+    raw_pass("")
+    for placement in placements:
+        try:
+            infos[placement] = measure_placement(
+                placement, pipeline, warmup_s, duration_s, args.noise_retries, args.keep, rows, meta
+            )
+        except Exception as err:
+            message = f"{placement}: {type(err).__name__}: {err}"
+            problems.append(message)
+            log(message)
+            infos[placement] = PlacementInfo(failure=message)
+    raw_pass(END)
+
+    problems += outputs_match(infos)
+    for row in rows:
+        where = f"{row.workload} {row.variant} c={row.concurrency}"
+        if row.failure and not any(row.failure in p for p in problems):
+            problems.append(f"{where}: {row.failure}")
+        if row.errors:
+            problems.append(f"{where}: {row.errors} non-200 responses")
+    raw_rps, raw_p50 = add_ratios(rows)
+    targets = compute_targets(rows, raw_rps, raw_p50)
+    meta["waited_for_quiet_s"] = QuietBudget.waited_s
+
+    print()
+    print(
+        f"modelfleet pipeline benchmark ({PIPELINE}), {started:%Y-%m-%d %H:%M:%S} UTC; {meta['cpu_count']} CPUs; "
+        f"{warmup_s:g} s warm-up + {duration_s:g} s window per run; closed loop, c keep-alive connections"
+    )
+    print(f"text: {TEXT!r} (English: every step runs)")
+    print(
+        "srv CPU = CPU of the gateway + every worker in the window / requests; lg CPU = load generator's; "
+        "busy% = whole machine;\nother = cores busy with anything else (noise); p50/raw = p50 / raw-sum p50 "
+        "(c=1 only); x raw = req/s / raw-sum calls/s;\nraw rows: in this process, one input per call, "
+        "srv CPU = CPU of this process per call; raw sum = language + sentiment + embedder one after another"
+    )
+    print()
+    print(format_table(rows))
+    print()
+    print(format_targets(targets, infos))
+    if problems:
+        print()
+        print("PROBLEMS")
+        for problem in problems:
+            print(f"  {problem}")
+        for row in rows:
+            for sample in row.error_samples:
+                print(f"  {row.workload} {row.variant} c={row.concurrency}: {sample}")
+
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out = RESULTS_DIR / f"pipeline-{started:%Y%m%dT%H%M%SZ}.json"
+    report = {
+        "meta": meta,
+        "rows": [asdict(r) for r in rows],
+        "placements": {p: asdict(i) for p, i in infos.items()},
+        "targets": targets,
+        "problems": problems,
+    }
+    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print()
+    print(f"results: {out}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
