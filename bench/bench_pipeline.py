@@ -210,8 +210,6 @@ def measure_raw(warmup_s: float, duration_s: float, retries: int, suffix: str) -
             )
         )
         log(f"{variant}{suffix}: {stats['calls_per_s']:.0f} calls/s, p50 {stats['p50_ms']:.3f} ms")
-    del models, calls, chain
-    gc.collect()  # drop the models (and onnxruntime's threads) before anything else runs
     return rows
 
 
@@ -376,7 +374,8 @@ def format_table(rows: list[Row]) -> str:
         split = " ".join(f"{k} {v:.3f}" for k, v in row.cpu_split.items())
         lines.append(
             f"{row.workload:<9} {row.variant:<20} {c:>3} {hops:>4} {_f(row.rps, '.0f'):>10} {row.unit:<8} "
-            f"{_f(row.p50_ms, '.3f'):>8} {_f(row.p99_ms, '.3f'):>8} {_f(row.server_cpu_ms_per_req, '.3f'):>14}  "
+            f"{_f(row.p50_ms, '.3f'):>8} {_f(row.p99_ms, '.3f'):>8} "
+            f"{_f(row.server_cpu_ms_per_req, '.3f'):>14}  "
             f"{split:<36} {_f(row.loadgen_cpu_ms_per_req, '.3f'):>7} {_f(row.machine_busy_pct, '.0f'):>6} "
             f"{_f(row.other_cores, '.2f'):>6} {_f(row.detail.get('latency_ratio'), '.2f'):>7} "
             f"{_f(row.ratio_to_raw, '.3f'):>6} {row.errors if row.concurrency else '':>6}"
@@ -529,7 +528,8 @@ def profile(placement: str, concurrency: int, duration_s: float, rate: int) -> i
             if proc.returncode != 0:
                 log(f"py-spy exited {proc.returncode}: {err.decode(errors='replace')[-500:]}")
     print(
-        f"\n{placement} c={concurrency}: {row.rps or 0:.0f} req/s, p50 {_f(row.p50_ms, '.3f')} ms (py-spy attached), "
+        f"\n{placement} c={concurrency}: {row.rps or 0:.0f} req/s, p50 {_f(row.p50_ms, '.3f')} ms "
+        "(py-spy attached), "
         "server CPU ms/req " + ", ".join(f"{k} {v:.3f}" for k, v in row.cpu_split.items())
     )
     for name, out in outputs.items():
@@ -608,6 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def raw_pass(suffix: str) -> None:
         try:
             rows.extend(measure_raw(warmup_s, duration_s, args.noise_retries, suffix))
+            gc.collect()  # drop the models (and onnxruntime's threads) before anything else runs
         except Exception as err:
             message = f"raw{suffix}: {type(err).__name__}: {err}"
             problems.append(message)
@@ -641,7 +642,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print()
     print(
-        f"modelfleet pipeline benchmark ({PIPELINE}), {started:%Y-%m-%d %H:%M:%S} UTC; {meta['cpu_count']} CPUs; "
+        f"modelfleet pipeline benchmark ({PIPELINE}), {started:%Y-%m-%d %H:%M:%S} UTC; "
+        f"{meta['cpu_count']} CPUs; "
         f"{warmup_s:g} s warm-up + {duration_s:g} s window per run; closed loop, c keep-alive connections"
     )
     print(f"text: {TEXT!r} (English: every step runs)")

@@ -199,9 +199,9 @@ class WorkerApp:
                 key, payload = b"output", runner.output_one.dump_json(outputs[0])
             else:
                 key, payload = b"outputs", runner.output_many.dump_json(outputs)
-            out = b'{"model":"%s","version":"%s","%s":%s}' % (
-                name.encode(),
-                runner.version.encode(),
+            out = b'{"model":%s,"version":%s,"%s":%s}' % (
+                orjson.dumps(name),
+                orjson.dumps(runner.version),
                 key,
                 payload,
             )
