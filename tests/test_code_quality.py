@@ -24,3 +24,14 @@ def test_ruff_is_clean() -> None:
 def test_mypy_strict_passes_on_the_package() -> None:
     result = _run(str(BIN / "mypy"))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_gateway_never_loads_model_libraries() -> None:
+    probe = (
+        "import sys, modelfleet.gateway.main, modelfleet.cli.main; "
+        "print(sorted(m for m in ('torch', 'sklearn', 'onnxruntime', 'transformers', 'vaderSentiment') "
+        "if m in sys.modules))"
+    )
+    result = _run(sys.executable, "-c", probe)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
