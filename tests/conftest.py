@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -158,7 +160,7 @@ def fleet_factory(tmp_path: Path) -> Iterator[Any]:
 
 
 def _ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
+    return os.environ.get("CI", "").lower() in ("true", "1")
 
 
 def unreachable(what: str, err: Exception) -> None:
@@ -169,28 +171,64 @@ def unreachable(what: str, err: Exception) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database on the machine's server, dropped after the session."""
-    import asyncio
-    import uuid
+ADMIN_URL = os.environ.get("MODELFLEET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+CONNECT_TIMEOUT_S = 5.0
 
-    admin = os.environ.get("MODELFLEET_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"modelfleet_test_{uuid.uuid4().hex[:10]}"
 
-    async def execute(sql: str) -> None:
+class PostgresServer:
+    """Creates and drops throw-away databases on the test server."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.prefix = f"modelfleet_test_{secrets.token_hex(4)}"
+        self.created: list[str] = []
+
+    def url_of(self, database: str) -> str:
+        base, _, _ = self.admin_url.rpartition("/")
+        return f"{base}/{database}"
+
+    def create_database(self) -> str:
+        name = f"{self.prefix}_{len(self.created)}"
+        # template0: template1 refuses to be copied while anyone else is connected to it.
+        asyncio.run(self._execute(f'CREATE DATABASE "{name}" TEMPLATE template0'))
+        self.created.append(name)
+        return name
+
+    def drop_database(self, name: str) -> None:
+        # FORCE: a test that failed half-way may have left connections open.
+        asyncio.run(self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    async def _execute(self, statement: str) -> None:
         import asyncpg
 
-        conn = await asyncpg.connect(admin, timeout=5)
+        connection = await asyncpg.connect(self.admin_url, timeout=CONNECT_TIMEOUT_S)
         try:
-            await conn.execute(sql)
+            await connection.execute(statement)
         finally:
-            await conn.close()
+            await connection.close()
 
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer(ADMIN_URL)
     try:
-        asyncio.run(execute(f'CREATE DATABASE "{name}"'))
-    except (OSError, ImportError) as err:
-        unreachable("PostgreSQL", err)
-    base = admin.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    asyncio.run(execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(server._execute("SELECT 1"))
+    except Exception as err:  # any reason at all: not installed, refused, timed out, bad login
+        unreachable(f"PostgreSQL at {_redacted(ADMIN_URL)}", err)
+    yield server
+    for name in server.created:
+        server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """One fresh database for the session's fleets (the contract suite takes one per test)."""
+    return postgres_server.url_of(postgres_server.create_database())
+
+
+def _redacted(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if at and ":" in credentials:
+        credentials = credentials.split(":", 1)[0] + ":***"
+    return f"{scheme}://{credentials}{at}{host}"
