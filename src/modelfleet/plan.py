@@ -27,6 +27,7 @@ class FleetPlan:
     gateway: Endpoint
     services: dict[str, list[Endpoint]] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
+    job_workers: dict[str, list[Endpoint]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -38,6 +39,7 @@ class FleetPlan:
             gateway=Endpoint(**data["gateway"]),
             services={name: [Endpoint(**e) for e in eps] for name, eps in data["services"].items()},
             models=dict(data["models"]),
+            job_workers={n: [Endpoint(**e) for e in eps] for n, eps in data.get("job_workers", {}).items()},
         )
 
     def write(self, path: Path) -> None:

@@ -43,12 +43,25 @@ class ModelSettings(_Strict):
 
 
 class ServiceSettings(_Strict):
-    """A deployable unit: one worker process per replica, hosting the listed models packed together."""
+    """A deployable unit: one process per replica.
 
-    kind: Literal["worker"] = "worker"
-    models: list[str] = Field(min_length=1)
+    ``kind: worker`` hosts the listed models packed together; ``kind: job-worker`` hosts no model:
+    it takes jobs from the broker and runs them through the fleet's model services.
+    """
+
+    kind: Literal["worker", "job-worker"] = "worker"
+    models: list[str] = Field(default_factory=list)
     replicas: int = Field(1, ge=1, le=64)
     port: int | None = Field(None, ge=1, le=65535, description="first replica's port; later replicas +1")
+    concurrency: int = Field(4, ge=1, le=256, description="job-worker: messages worked on at once")
+
+    @model_validator(mode="after")
+    def _models_fit_kind(self) -> ServiceSettings:
+        if self.kind == "worker" and not self.models:
+            raise ValueError("a worker service needs at least one model")
+        if self.kind == "job-worker" and self.models:
+            raise ValueError("a job-worker service hosts no models; it calls the model services")
+        return self
 
     @field_validator("models")
     @classmethod
@@ -80,6 +93,24 @@ class WorkerSettings(_Strict):
     body_limit_bytes: int = Field(4_194_304, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
     max_inputs_per_request: int = Field(1024, ge=1)
+
+
+class BrokerSettings(_Strict):
+    """Where jobs wait, and how hard they are retried."""
+
+    url: str = "sqlite:///.modelfleet/broker.db"
+    visibility_timeout_s: float = Field(30.0, gt=0)
+    max_attempts: int = Field(5, ge=1, le=100)
+    queue: str = Field("jobs", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class JobSettings(_Strict):
+    """Asynchronous jobs: how inputs are split into messages, and callbacks."""
+
+    chunk_size: int = Field(64, ge=1, le=10_000, description="inputs per broker message")
+    callback_attempts: int = Field(5, ge=1, le=20)
+    callback_timeout_s: float = Field(5.0, gt=0)
+    request_timeout_s: float = Field(300.0, gt=0, description="deadline for one chunk's model calls")
 
 
 class SupervisorSettings(_Strict):
@@ -126,6 +157,8 @@ class Settings(_Strict):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)  # type: ignore[arg-type]
     worker: WorkerSettings = Field(default_factory=WorkerSettings)  # type: ignore[arg-type]
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)  # type: ignore[arg-type]
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)  # type: ignore[arg-type]
+    jobs: JobSettings = Field(default_factory=JobSettings)  # type: ignore[arg-type]
     models: dict[str, ModelSettings] = Field(min_length=1)
     services: dict[str, ServiceSettings] = Field(min_length=1)
     pipelines: dict[str, PipelineSettings] = Field(default_factory=dict)

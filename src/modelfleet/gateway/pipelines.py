@@ -100,7 +100,24 @@ class HttpStepCaller:
             raise StepCallError(f"service {unit.service!r} gave a bad unit answer: {err}") from None
 
 
-def _run_record(pipeline: CompiledPipeline, value: Any, outcome: RowOutcome) -> PipelineRun:
+def check_inputs(payload: Any, max_inputs: int) -> list[Any]:
+    """One input object or a non-empty array of them, as a list; raises InvalidInput saying what is wrong."""
+    if not isinstance(payload, dict | list):
+        raise InvalidInput("the body must be a JSON object (one input) or an array of input objects")
+    inputs: list[Any] = [payload] if isinstance(payload, dict) else payload
+    if not inputs:
+        raise InvalidInput("the array of inputs is empty; send at least one input")
+    if len(inputs) > max_inputs:
+        raise InvalidInput(f"{len(inputs)} inputs in one request; the limit is {max_inputs}")
+    for index, value in enumerate(inputs):
+        if not isinstance(value, dict):
+            raise InvalidInput(f"input [{index}] must be a JSON object, not {type(value).__name__}")
+    return inputs
+
+
+def _run_record(
+    pipeline: CompiledPipeline, value: Any, outcome: RowOutcome, run_id: str | None = None
+) -> PipelineRun:
     steps = []
     versions: dict[str, str] = {}
     for name, result in outcome.steps.items():
@@ -119,7 +136,7 @@ def _run_record(pipeline: CompiledPipeline, value: Any, outcome: RowOutcome) -> 
             )
         )
     return PipelineRun(
-        id=uuid.uuid4().hex,
+        id=run_id or uuid.uuid4().hex,
         pipeline=pipeline.name,
         input=value,
         output=outcome.output,
@@ -189,20 +206,39 @@ class PipelineService:
         except orjson.JSONDecodeError as err:
             raise MalformedRequest(f"malformed JSON: {err}") from None
         single = isinstance(payload, dict)
-        if not single and not isinstance(payload, list):
-            raise InvalidInput("the body must be a JSON object (one input) or an array of input objects")
-        inputs: list[Any] = [payload] if single else payload
-        if not inputs:
-            raise InvalidInput("the array of inputs is empty; send at least one input")
-        if len(inputs) > self.max_inputs:
-            raise InvalidInput(f"{len(inputs)} inputs in one request; the limit is {self.max_inputs}")
-        for index, value in enumerate(inputs):
-            if not isinstance(value, dict):
-                raise InvalidInput(f"input [{index}] must be a JSON object, not {type(value).__name__}")
+        inputs = check_inputs(payload, self.max_inputs)
+        outcomes, runs, stored, store_error = await self.execute(
+            pipeline, inputs, rid, timeout_s, store=store
+        )
+        results = [
+            self._result(pipeline, run, outcome, stored, store_error)
+            for run, outcome in zip(runs, outcomes, strict=True)
+        ]
+        if single:
+            outcome = outcomes[0]
+            status = 200 if outcome.status == "succeeded" else 422 if outcome.client_error else 502
+            return status, orjson.dumps(results[0])
+        return 200, orjson.dumps({"pipeline": name, "results": results})
+
+    async def execute(
+        self,
+        pipeline: CompiledPipeline,
+        inputs: list[Any],
+        rid: bytes,
+        timeout_s: float,
+        store: bool = True,
+        run_ids: list[str | None] | None = None,
+    ) -> tuple[list[RowOutcome], list[PipelineRun], bool, str | None]:
+        """Run ``pipeline`` over ``inputs`` and keep the runs; a failed write is reported, not raised.
+
+        ``run_ids`` makes the stored runs idempotent (a job's redelivered chunk keeps one run per input).
+        """
+        units = self.units.get(pipeline.name) or plan_units(pipeline)
         caller = HttpStepCaller(self.forwarder, rid, time.monotonic() + timeout_s)
-        outcomes = await PipelineExecutor(caller, caller).run(pipeline, inputs, self.units[name])
+        outcomes = await PipelineExecutor(caller, caller).run(pipeline, inputs, units)
         runs = [
-            _run_record(pipeline, value, outcome) for value, outcome in zip(inputs, outcomes, strict=True)
+            _run_record(pipeline, value, outcome, run_id)
+            for value, outcome, run_id in zip(inputs, outcomes, run_ids or [None] * len(inputs), strict=True)
         ]
         stored, store_error = False, None
         if store and self.writer is not None:
@@ -213,16 +249,8 @@ class PipelineService:
                 # The answer is still good; the client is told its run was not kept.
                 self.store_failures += 1
                 store_error = f"the run was not stored: {err}"
-                log.error("pipeline %s: %s", name, store_error)
-        results = [
-            self._result(pipeline, run, outcome, stored, store_error)
-            for run, outcome in zip(runs, outcomes, strict=True)
-        ]
-        if single:
-            outcome = outcomes[0]
-            status = 200 if outcome.status == "succeeded" else 422 if outcome.client_error else 502
-            return status, orjson.dumps(results[0])
-        return 200, orjson.dumps({"pipeline": name, "results": results})
+                log.error("pipeline %s: %s", pipeline.name, store_error)
+        return outcomes, runs, stored, store_error
 
     def _result(
         self,

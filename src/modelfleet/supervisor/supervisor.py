@@ -44,6 +44,7 @@ def make_plan(settings: Settings) -> FleetPlan:
     """Assign every process its address: configured ports where given, free loopback ports otherwise."""
     gateway_port = settings.gateway.port or free_port(settings.gateway.host)
     services: dict[str, list[Endpoint]] = {}
+    job_workers: dict[str, list[Endpoint]] = {}
     taken = {gateway_port}
     for name, service in settings.services.items():
         endpoints = []
@@ -56,9 +57,9 @@ def make_plan(settings: Settings) -> FleetPlan:
                     port = free_port(settings.worker.host)
             taken.add(port)
             endpoints.append(Endpoint(settings.worker.host, port))
-        services[name] = endpoints
+        (job_workers if service.kind == "job-worker" else services)[name] = endpoints
     models = {model: name for name, service in settings.services.items() for model in service.models}
-    return FleetPlan(Endpoint(settings.gateway.host, gateway_port), services, models)
+    return FleetPlan(Endpoint(settings.gateway.host, gateway_port), services, models, job_workers)
 
 
 def probe_ready(endpoint: Endpoint, timeout_s: float = 1.0) -> bool:
@@ -119,18 +120,10 @@ class Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         plan_path = self.run_dir / PLAN_FILE
         self.plan.write(plan_path)
-        for service, endpoints in self.plan.services.items():
-            for index, endpoint in enumerate(endpoints):
-                name = f"{service}-{index}"
-                argv = self._argv("worker", "--service", service, "--port", str(endpoint.port))
-                self._children.append(
-                    _Child(
-                        ProcessState(name, "worker", service, endpoint.url),
-                        endpoint,
-                        argv,
-                        self.log_dir / f"{name}.log",
-                    )
-                )
+        for role, group in (("worker", self.plan.services), ("job-worker", self.plan.job_workers)):
+            for service, endpoints in group.items():
+                for index, endpoint in enumerate(endpoints):
+                    self._add_child(role, service, index, endpoint, plan_path)
         gateway = self.plan.gateway
         self._children.append(
             _Child(
@@ -144,6 +137,14 @@ class Supervisor:
             os.getpid(), str(self.config_path), gateway.url, [c.state for c in self._children]
         )
         self._save()
+
+    def _add_child(self, role: str, service: str, index: int, endpoint: Endpoint, plan_path: Path) -> None:
+        name = f"{service}-{index}"
+        argv = self._argv(role, "--service", service, "--port", str(endpoint.port))
+        if role == "job-worker":
+            argv += ["--plan", str(plan_path)]
+        state = ProcessState(name, role, service, endpoint.url)
+        self._children.append(_Child(state, endpoint, argv, self.log_dir / f"{name}.log"))
 
     def _save(self) -> None:
         if self._state is not None:
