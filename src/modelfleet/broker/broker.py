@@ -10,7 +10,12 @@ each implementation to them):
   then it moves to the queue's dead letters with the error; a message delivered ``max_attempts``
   times without any answer (it keeps killing its consumer) is dead-lettered the same way;
 - ``message_id`` is stable across redeliveries, so the consumer can make its result writes
-  idempotent (one result per message, however often it is delivered).
+  idempotent (one result per message, however often it is delivered);
+- a late answer (``nack`` or ``extend`` on a delivery whose visibility ran out and that was handed
+  out again) changes nothing: the newer delivery decides. A late ``ack`` finishes the message on
+  Redis and is ignored on the others; either is harmless, because results are idempotent;
+- ``depth`` counts waiting and in-flight messages where the backend can see them; on RabbitMQ it
+  cannot see other connections' unacked deliveries.
 """
 
 from __future__ import annotations
