@@ -24,7 +24,7 @@ from modelfleet.errors import (
     RunNotFound,
     UpstreamUnavailable,
 )
-from modelfleet.store.errors import StoreError
+from modelfleet.store.errors import JobNotFound, StoreError
 from modelfleet.types import JSON_CONTENT_TYPE, REQUEST_ID_HEADER, Receive, Scope, Send
 
 
@@ -48,6 +48,7 @@ STATUS_OF: dict[type[ModelfleetError], int] = {
     ModelNotReady: 503,
     UpstreamUnavailable: 503,
     StoreError: 503,
+    JobNotFound: 404,
     DeadlineExceeded: 504,
 }
 

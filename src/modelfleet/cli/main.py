@@ -256,6 +256,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_job_worker(args: argparse.Namespace) -> int:
+    """Run one job-worker replica (the supervisor starts these for services of kind job-worker)."""
+    from modelfleet.jobs.main import serve_job_worker
+
+    settings = _settings(args)
+    _setup_logging(settings.log_level)
+    serve_job_worker(settings, FleetPlan.read(Path(args.plan)), args.service, args.port)
+    return 0
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     """Run the gateway for a fleet plan written by the supervisor."""
     from modelfleet.gateway.main import serve_gateway
@@ -300,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--service", required=True)
     worker.add_argument("--port", type=int, required=True)
     worker.add_argument("--host", default=None)
+    job_worker = command("job-worker", cmd_job_worker)
+    job_worker.add_argument("--service", required=True)
+    job_worker.add_argument("--port", type=int, required=True)
+    job_worker.add_argument("--plan", required=True, help="plan.json written by the supervisor")
     gateway = command("gateway", cmd_gateway)
     gateway.add_argument("--plan", required=True, help="plan.json written by the supervisor")
     return parser

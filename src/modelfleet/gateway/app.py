@@ -34,6 +34,7 @@ from modelfleet.http import (
     serve_request,
     status_of,
 )
+from modelfleet.jobs.service import JobService
 from modelfleet.metrics import PROMETHEUS_CONTENT_TYPE, GatewayMetrics
 from modelfleet.pipeline.spec import CompiledPipeline
 from modelfleet.plan import FleetPlan
@@ -53,8 +54,10 @@ class GatewayApp:
         settings: GatewaySettings,
         pipelines: dict[str, CompiledPipeline] | None = None,
         store: RunStore | None = None,
+        jobs: JobService | None = None,
     ) -> None:
         self.plan = plan
+        self.jobs = jobs
         self.settings = settings
         self.metrics = GatewayMetrics()
         self.services = {
@@ -67,6 +70,8 @@ class GatewayApp:
 
     async def start(self) -> None:
         await self.pipelines.start()
+        if self.jobs is not None:
+            await self.jobs.start()
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
 
     async def stop(self) -> None:
@@ -75,6 +80,8 @@ class GatewayApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         await self.pipelines.stop()
+        if self.jobs is not None:
+            await self.jobs.stop()
         for replica_set in self.services.values():
             replica_set.close()
 
@@ -102,6 +109,8 @@ class GatewayApp:
         head = parts[0]
         if n >= 3 and parts[1] == "models" and head in ("v1", "v2"):
             return await self._proxy(scope, receive, send, rid, self._service_of(parts[2]))
+        if head == "v1" and n in (2, 3) and parts[1] == "jobs" and self.jobs is not None:
+            return await self._jobs(scope, receive, send, rid, parts, method)
         if head == "v1" and n in (2, 3) and parts[1] in ("pipelines", "runs"):
             return await self._pipelines(scope, receive, send, rid, parts, method)
         if head == "v1" and n == 2 and method in ("GET", "HEAD"):
@@ -124,6 +133,22 @@ class GatewayApp:
         if n == 1 and head == "metrics" and method in ("GET", "HEAD"):
             return await respond(send, 200, self.metrics.render(), rid, content_type=PROMETHEUS_CONTENT_TYPE)
         raise HTTPError(404, f"no route for {method} {scope['path']}")
+
+    async def _jobs(
+        self, scope: Scope, receive: Receive, send: Send, rid: bytes, parts: list[str], method: str
+    ) -> None:
+        assert self.jobs is not None
+        if len(parts) == 2:
+            if method != "POST":
+                raise HTTPError(405, f"method {method} not allowed here; use POST")
+            check_json_content_type(scope)
+            body = await read_body(scope, receive, self.settings.body_limit_bytes)
+            return await respond(send, 202, await self.jobs.submit(body), rid)
+        if method in ("GET", "HEAD"):
+            return await respond(send, 200, await self.jobs.describe(parts[2], scope["query_string"]), rid)
+        if method == "DELETE":
+            return await respond(send, 200, await self.jobs.cancel(parts[2]), rid)
+        raise HTTPError(405, f"method {method} not allowed here; use GET or DELETE")
 
     async def _pipelines(
         self, scope: Scope, receive: Receive, send: Send, rid: bytes, parts: list[str], method: str

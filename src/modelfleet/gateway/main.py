@@ -6,16 +6,31 @@ import logging
 
 import uvicorn
 
+from modelfleet.broker import make_broker
 from modelfleet.gateway.app import GatewayApp
+from modelfleet.jobs.service import JobService
 from modelfleet.pipeline.spec import compile_pipelines
 from modelfleet.plan import FleetPlan
 from modelfleet.settings import Settings
-from modelfleet.store import make_run_store
+from modelfleet.store import make_job_store, make_run_store
 
 
 def serve_gateway(settings: Settings, plan: FleetPlan) -> None:
     """Serve on the plan's gateway address until SIGTERM/SIGINT, finishing in-flight requests."""
-    app = GatewayApp(plan, settings.gateway, compile_pipelines(settings), make_run_store(settings.store_url))
+    pipelines = compile_pipelines(settings)
+    jobs = JobService(
+        make_job_store(settings.store_url),
+        make_broker(
+            settings.broker.url,
+            visibility_timeout_s=settings.broker.visibility_timeout_s,
+            max_attempts=settings.broker.max_attempts,
+        ),
+        models=set(plan.models),
+        pipelines=set(pipelines),
+        broker_settings=settings.broker,
+        settings=settings.jobs,
+    )
+    app = GatewayApp(plan, settings.gateway, pipelines, make_run_store(settings.store_url), jobs)
     config = uvicorn.Config(
         app,
         host=plan.gateway.host,

@@ -186,3 +186,28 @@ def _topological_order(where: str, steps: dict[str, CompiledStep]) -> tuple[str,
 def compile_pipelines(settings: Settings) -> dict[str, CompiledPipeline]:
     """Compile every pipeline of the fleet; raises ValueError on the first problem found."""
     return {name: compile_pipeline(name, spec, settings) for name, spec in settings.pipelines.items()}
+
+
+def single_model_pipeline(model: str, settings: Settings) -> CompiledPipeline:
+    """A one-step pipeline calling ``model`` with the whole input, so a plain model target runs
+    through the same executor (batching, per-input errors) as any pipeline."""
+    step = CompiledStep(
+        name=model,
+        model=model,
+        version=None,
+        service=settings.service_of(model),
+        input_fields=None,
+        input_whole=parse(RESERVED),
+        when=None,
+        on_error="fail",
+        default=None,
+        reads=frozenset(),
+        after=frozenset(),
+    )
+    return CompiledPipeline(
+        name=f"model:{model}",
+        description=f"the model {model} alone",
+        steps={model: step},
+        order=(model,),
+        output={"output": parse(model)},
+    )

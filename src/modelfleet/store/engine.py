@@ -1,6 +1,6 @@
 """SQLAlchemy engines for the SQL stores: which URL means which driver, SQLite's pragmas and locking.
 
-Shared by every SQL store (runs now; jobs and the registry later), so they all lock the same way.
+Shared by every SQL store (runs and jobs now; the registry later), so they all lock the same way.
 """
 
 from __future__ import annotations

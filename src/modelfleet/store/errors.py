@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from modelfleet.errors import ModelfleetError, RunNotFound
 
-__all__ = ["RunNotFound", "RunRejected", "StoreError"]
+__all__ = ["JobNotFound", "JobRejected", "RunNotFound", "RunRejected", "StoreError"]
 
 
 class StoreError(ModelfleetError):
@@ -22,4 +22,15 @@ class RunRejected(StoreError):
     """Raised when the database refuses a run's content, so saving that same run again cannot succeed.
 
     Examples: a value that is not JSON (an object, NaN), an identifier containing a NUL character.
+    """
+
+
+class JobNotFound(ModelfleetError):
+    """Raised when a stored asynchronous job with the given id does not exist."""
+
+
+class JobRejected(StoreError):
+    """Raised when the database refuses a job's or a result's content, so trying again cannot succeed.
+
+    Examples: a result output that is not JSON (an object, NaN), an identifier containing a NUL character.
     """

@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from sqlalchemy import inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from modelfleet.store.engine import write_transaction
-from modelfleet.store.schema import metadata, run_steps, runs, schema_migrations
+from modelfleet.store.engine import StoreUrl, connect_store_engine, write_transaction
+from modelfleet.store.schema import job_results, jobs, metadata, run_steps, runs, schema_migrations
 
 # Any constant will do, as long as every modelfleet process uses the same one ("mflt").
 _ADVISORY_LOCK_KEY = 0x6D666C74
@@ -42,7 +42,30 @@ async def _create_runs(connection: AsyncConnection) -> None:
     await connection.run_sync(metadata.create_all, tables=[runs, run_steps], checkfirst=False)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "runs and run_steps", _create_runs),)
+async def _create_jobs(connection: AsyncConnection) -> None:
+    await connection.run_sync(metadata.create_all, tables=[jobs, job_results], checkfirst=False)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "runs and run_steps", _create_runs),
+    Migration(2, "jobs and job_results", _create_jobs),
+)
+
+
+async def connect_and_migrate(url: StoreUrl, *, busy_timeout_ms: int = 10_000) -> AsyncEngine:
+    """An engine on ``url`` whose database has every migration applied: what a SQL store's ``open`` needs.
+
+    Every store migrates the whole schema, not only its own tables, so whichever store opens a
+    database first leaves it complete. Raises what the driver or a migration raises; the engine
+    is disposed of then.
+    """
+    engine = await connect_store_engine(url, busy_timeout_ms=busy_timeout_ms)
+    try:
+        await migrate(engine)
+    except BaseException:
+        await engine.dispose()
+        raise
+    return engine
 
 
 async def migrate(engine: AsyncEngine, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:

@@ -164,3 +164,32 @@ run_steps = Table(
     Column("duration_ms", Float, nullable=False),
     ForeignKeyConstraint(["run_id"], ["runs.id"], ondelete="CASCADE"),
 )
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("target_kind", String, nullable=False),
+    Column("target", String, nullable=False),
+    Column("status", String, nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("done", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+    Column("callback_url", Text),
+    Column("error", Text),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime),
+    # For finding the jobs still pending or in progress, oldest first.
+    Index(None, "status", "created_at"),
+)
+
+job_results = Table(
+    "job_results",
+    metadata,
+    Column("job_id", String, primary_key=True),
+    Column("position", Integer, primary_key=True, autoincrement=False),
+    Column("output", JsonDocument),
+    Column("error", Text),
+    ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE"),
+)

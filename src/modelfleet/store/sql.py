@@ -6,29 +6,23 @@ import asyncio
 import base64
 import binascii
 import json
-import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Row, literal, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
-from modelfleet.store.engine import Backend, connect_store_engine, parse_store_url, write_transaction
+from modelfleet.store.engine import Backend, parse_store_url, write_transaction
 from modelfleet.store.errors import RunNotFound, RunRejected, StoreError
-from modelfleet.store.migrations import migrate
+from modelfleet.store.migrations import connect_and_migrate
 from modelfleet.store.records import PipelineRun, RunPage, RunStatus, StepRecord, StepStatus
 from modelfleet.store.schema import RunId, UtcDateTime, run_steps
 from modelfleet.store.schema import runs as runs_table
 from modelfleet.store.store import MAX_LIST_LIMIT
-
-# SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation) blame the data.
-_REJECTING_SQLSTATE_CLASSES = ("22", "23")
-_MAX_DETAIL_CHARS = 300
+from modelfleet.store.translation import printable, translated
 
 
 class SqlRunStore:
@@ -65,14 +59,8 @@ class SqlRunStore:
         async with self._opening:
             if self._engine is not None:
                 return
-            with _translated("opening the store"):
-                engine = await connect_store_engine(self._url, busy_timeout_ms=self._busy_timeout_ms)
-                try:
-                    await migrate(engine)
-                except BaseException:
-                    await engine.dispose()
-                    raise
-            self._engine = engine
+            with translated("opening the store", RunRejected):
+                self._engine = await connect_and_migrate(self._url, busy_timeout_ms=self._busy_timeout_ms)
 
     async def close(self) -> None:
         engine, self._engine = self._engine, None
@@ -87,7 +75,7 @@ class SqlRunStore:
             return
         engine = self._open_engine()
         rows = [_run_row(run) for run in unique.values()]
-        with _translated(f"saving {len(rows)} run(s)"):
+        with translated(f"saving {len(rows)} run(s)", RunRejected):
             async with write_transaction(engine) as connection:
                 result = await connection.execute(self._insert_runs, rows)
                 inserted = set(result.scalars())
@@ -110,7 +98,7 @@ class SqlRunStore:
 
     async def find_run(self, run_id: str) -> PipelineRun | None:
         engine = self._open_engine()
-        with _translated("reading a run"):
+        with translated("reading a run", RunRejected):
             async with engine.connect() as connection:
                 row = (
                     await connection.execute(select(runs_table).where(runs_table.c.id == run_id))
@@ -149,7 +137,7 @@ class SqlRunStore:
             .limit(limit + 1)
         )
         engine = self._open_engine()
-        with _translated("listing runs"):
+        with translated("listing runs", RunRejected):
             async with engine.connect() as connection:
                 rows = list((await connection.execute(query)).all())
                 page = rows[:limit]
@@ -173,7 +161,7 @@ def _run_row(run: PipelineRun) -> dict[str, Any]:
         "id": run.id,
         "pipeline": run.pipeline,
         "status": run.status,
-        "error": _printable(run.error),
+        "error": printable(run.error),
         "created_at": run.created_at,
         "duration_ms": run.duration_ms,
         "input": run.input,
@@ -197,7 +185,7 @@ def _step_row(run_id: str, position: int, step: StepRecord) -> dict[str, Any]:
         "version": step.version,
         "status": step.status,
         "output": step.output,
-        "reason": _printable(step.reason),
+        "reason": printable(step.reason),
         "duration_ms": step.duration_ms,
     }
 
@@ -206,12 +194,6 @@ def _refuse_nul(run_id: str, label: str, value: str | None) -> None:
     # PostgreSQL text cannot hold NUL; refusing it on SQLite too keeps the backends alike.
     if value is not None and "\x00" in value:
         raise RunRejected(f"run {run_id!r}: {label} contains a NUL character")
-
-
-def _printable(message: str | None) -> str | None:
-    # Error texts come from models and are only read by people; losing the run for a NUL in its
-    # error message would be worse than showing U+FFFD in its place.
-    return message.replace("\x00", "\ufffd") if message is not None else None
 
 
 async def _steps_of(connection: AsyncConnection, run_ids: list[str]) -> dict[str, list[StepRecord]]:
@@ -268,34 +250,3 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     except (binascii.Error, UnicodeDecodeError, TypeError, ValueError):
         raise ValueError("cursor is not one list_runs returned; pass next_cursor back unchanged") from None
     return created_at, run_id
-
-
-@contextmanager
-def _translated(action: str) -> Iterator[None]:
-    """Turn database and connection errors into StoreError (RunRejected when the data is at fault)."""
-    try:
-        yield
-    except RunRejected:
-        raise
-    except (SQLAlchemyError, sqlite3.Error, OSError) as err:
-        detail = _detail(err)
-        if _blames_data(err):
-            raise RunRejected(f"{action}: the database refused the data: {detail}") from err
-        raise StoreError(f"{action} failed: {detail}") from err
-
-
-def _blames_data(err: BaseException) -> bool:
-    if isinstance(err, IntegrityError):
-        return True
-    if isinstance(err, DBAPIError):
-        sqlstate = getattr(err.orig, "sqlstate", None) or ""
-        return sqlstate[:2] in _REJECTING_SQLSTATE_CLASSES
-    # A StatementError that is not a DBAPIError failed before reaching the database, while
-    # binding a parameter: a value the JSON encoder or the driver cannot take.
-    return isinstance(err, StatementError)
-
-
-def _detail(err: BaseException) -> str:
-    cause = err.orig if isinstance(err, StatementError) and err.orig is not None else err
-    text = (f"{type(cause).__name__}: {cause}".splitlines() or [""])[0]
-    return text if len(text) <= _MAX_DETAIL_CHARS else text[: _MAX_DETAIL_CHARS - 1] + "…"
