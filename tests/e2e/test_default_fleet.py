@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,3 +91,19 @@ def test_default_triage_pipeline(default_fleet: RunningFleet) -> None:
     assert french["output"]["english"] is False
     assert set(french["skipped"]) == {"sentiment", "embedding"}
     assert call(f"{gw}/v1/runs/{result['run_id']}").json()["status"] == "succeeded"
+
+
+def test_default_fleet_runs_jobs(default_fleet: RunningFleet) -> None:
+    gw = default_fleet.gateway
+    reply = call(
+        f"{gw}/v1/jobs", "POST", {"pipeline": "triage", "inputs": [{"text": "great app"}, {"text": "merci"}]}
+    )
+    assert reply.status == 202, reply.body
+    job_id = reply.json()["job_id"]
+    deadline = time.monotonic() + 60
+    job = call(f"{gw}/v1/jobs/{job_id}").json()
+    while job["status"] not in ("completed", "failed") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = call(f"{gw}/v1/jobs/{job_id}").json()
+    assert job["status"] == "completed", job
+    assert [r["output"]["language"] for r in job["results"]] == ["en", "fr"]

@@ -331,3 +331,9 @@ def test_up_refuses_a_bad_pipeline_naming_pipeline_and_step(tmp_path: Any) -> No
     )
     assert result.returncode == 2
     assert "pipelines.broken.steps.b.when: bad expression" in result.stderr
+
+
+def test_jobs_are_refused_plainly_when_the_fleet_has_no_job_worker(packed: RunningFleet) -> None:
+    reply = call(f"{packed.gateway}/v1/jobs", "POST", {"pipeline": "triage", "input": {"text": "x"}})
+    assert reply.status == 503
+    assert "no job-worker service" in reply.json()["error"]

@@ -18,7 +18,8 @@ def _error(data: dict[str, object], env: dict[str, str] | None = None) -> str:
 
 def test_the_shipped_default_fleet_is_valid() -> None:
     settings = load_settings(Path(__file__).parents[2] / "fleet.yaml")
-    assert set(settings.services) == {"light", "embed"}
+    assert set(settings.services) == {"light", "embed", "jobs"}
+    assert settings.services["jobs"].kind == "job-worker"
     assert settings.services["embed"].models == ["embedder"]
     assert settings.service_of("sentiment") == "light"
 

@@ -29,6 +29,7 @@ def serve_gateway(settings: Settings, plan: FleetPlan) -> None:
         pipelines=set(pipelines),
         broker_settings=settings.broker,
         settings=settings.jobs,
+        has_workers=bool(plan.job_workers),
     )
     app = GatewayApp(plan, settings.gateway, pipelines, make_run_store(settings.store_url), jobs)
     config = uvicorn.Config(

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from modelfleet.broker.broker import Broker
-from modelfleet.errors import InvalidInput, MalformedRequest, ModelfleetError
+from modelfleet.errors import InvalidInput, MalformedRequest, ModelfleetError, UpstreamUnavailable
 from modelfleet.gateway.pipelines import check_inputs
 from modelfleet.http import HTTPError
 from modelfleet.jobs.messages import ChunkMessage, job_view
@@ -39,6 +39,7 @@ class JobService:
         broker_settings: BrokerSettings,
         settings: JobSettings,
         max_inputs: int = 1_000_000,
+        has_workers: bool = True,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -47,6 +48,7 @@ class JobService:
         self.queue = broker_settings.queue
         self.settings = settings
         self.max_inputs = max_inputs
+        self.has_workers = has_workers
 
     async def start(self) -> None:
         await self.store.open()
@@ -68,6 +70,11 @@ class JobService:
 
     async def submit(self, body: bytes) -> bytes:
         """Store the job, queue its chunks, and return its description; raises on a bad request."""
+        if not self.has_workers:
+            raise UpstreamUnavailable(
+                "this fleet has no job-worker service, so no job would ever run; "
+                "add one to fleet.yaml (a service with kind: job-worker)"
+            )
         try:
             request = orjson.loads(body)
         except orjson.JSONDecodeError as err:
