@@ -102,6 +102,18 @@ class RunningFleet:
                 self.process.wait()
 
 
+def run_up(config: Path, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """`modelfleet up` that is expected to stop on its own (a refused configuration, say)."""
+    return subprocess.run(
+        [sys.executable, "-m", "modelfleet", "up", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=fleet_env(),
+        check=False,
+    )
+
+
 def write_config(directory: Path, config: dict[str, Any]) -> Path:
     config = dict(config)
     config.setdefault("data_dir", str(directory / "data"))

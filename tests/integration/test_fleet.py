@@ -326,44 +326,24 @@ def test_killing_a_replica_loses_no_request_and_the_supervisor_restarts_it(fleet
 
 
 def test_config_error_is_reported_naming_the_field(tmp_path: Path) -> None:
-    from tests.conftest import fleet_env, write_config
+    from tests.conftest import run_up, write_config
 
     config = write_config(
         tmp_path, {"models": {"a": {"class": "echo"}}, "services": {"s": {"models": ["a", "b"]}}}
     )
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-m", "modelfleet", "up", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=fleet_env(),
-        check=False,
-    )
+    result = run_up(config)
     assert result.returncode == 2
     assert "services.s.models[1]: unknown model 'b'" in result.stderr
 
 
 def test_a_model_that_cannot_load_fails_startup_with_its_log(tmp_path: Path) -> None:
-    from tests.conftest import fleet_env, write_config
+    from tests.conftest import run_up, write_config
 
     config = write_config(
         tmp_path,
         {"models": {"a": {"class": "echo", "params": {"nope": 1}}}, "services": {"s": {"models": ["a"]}}},
     )
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-m", "modelfleet", "up", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=fleet_env(),
-        check=False,
-    )
+    result = run_up(config)
     assert result.returncode == 2
     assert "models.a.params" in result.stderr
 

@@ -314,21 +314,11 @@ def test_a_failed_store_write_is_reported_and_the_answer_still_given(
 
 
 def test_up_refuses_a_bad_pipeline_naming_pipeline_and_step(tmp_path: Any) -> None:
-    import subprocess
-    import sys
-
-    from tests.conftest import fleet_env, write_config
+    from tests.conftest import run_up, write_config
 
     bad = {"steps": {"a": {"model": "language"}, "b": {"model": "sentiment", "when": "a.language = 'en'"}}}
     config = write_config(tmp_path, {**_config(PACKED), "pipelines": {"broken": bad}})
-    result = subprocess.run(
-        [sys.executable, "-m", "modelfleet", "up", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=fleet_env(),
-        check=False,
-    )
+    result = run_up(config)
     assert result.returncode == 2
     assert "pipelines.broken.steps.b.when: bad expression" in result.stderr
 
