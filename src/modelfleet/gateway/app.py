@@ -4,6 +4,8 @@
     GET|POST /v2/models/{name}/...                           proxied likewise (Open Inference Protocol)
     GET  /v1/models                                          every model of the fleet, asked of the workers
     GET  /v1/fleet                                           services, replicas and their health
+    /v1/pipelines..., /v1/runs...                            pipelines and stored runs (gateway/pipelines.py)
+    /v1/jobs...                                              asynchronous jobs (jobs/service.py)
     GET  /v2, /v2/health/live, /v2/health/ready, /metrics
 
 The gateway never parses a predict body: it checks size and media type, picks a replica and
