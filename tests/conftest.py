@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -244,3 +245,43 @@ def _redacted(url: str) -> str:
     if at and ":" in credentials:
         credentials = credentials.split(":", 1)[0] + ":***"
     return f"{scheme}://{credentials}{at}{host}"
+
+
+async def forget_broker_queue(url: str | None, name: str) -> None:
+    """Delete a test queue (and its dead letters) from a shared broker server; ignores what is missing."""
+    if url is None:
+        return
+    with contextlib.suppress(Exception):
+        if url.startswith("redis://"):
+            import redis.asyncio
+
+            client = redis.asyncio.from_url(url)
+            try:
+                await client.delete(f"mf:{{{name}}}", f"mf:{{{name}}}:dead", f"mf:{{{name}}}:cursor")
+            finally:
+                await client.aclose()
+        elif url.startswith("nats://"):
+            import nats
+
+            from modelfleet.broker.brokers.nats import dead_stream_name, stream_name
+
+            connection = await nats.connect(url)
+            try:
+                for stream in (stream_name(name), dead_stream_name(name)):
+                    with contextlib.suppress(Exception):
+                        await connection.jetstream().delete_stream(stream)
+            finally:
+                await connection.close()
+        elif url.startswith("amqp://"):
+            import aio_pika
+
+            amqp = await aio_pika.connect(url)
+            try:
+                for queue_name in (name, f"{name}.dead"):
+                    # A missing queue closes the channel, so each deletion gets its own.
+                    with contextlib.suppress(Exception):
+                        channel = await amqp.channel()
+                        await channel.queue_delete(queue_name)
+                        await channel.close()
+            finally:
+                await amqp.close()

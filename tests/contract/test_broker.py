@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
-from tests.conftest import unreachable
+from tests.conftest import forget_broker_queue, unreachable
 
 from modelfleet.broker import Broker, make_broker
 
@@ -33,47 +32,7 @@ def queue(backend: str) -> Iterator[str]:
     name = f"q{uuid.uuid4().hex[:12]}"
     yield name
     # The servers outlive the test run (and CI shares them with later runs): leave nothing behind.
-    asyncio.run(_forget_queue(backend, name))
-
-
-async def _forget_queue(backend: str, name: str) -> None:
-    url = BACKENDS[backend]
-    if url is None:
-        return
-    with contextlib.suppress(Exception):
-        if backend == "redis":
-            import redis.asyncio
-
-            client = redis.asyncio.from_url(url)
-            try:
-                await client.delete(f"mf:{{{name}}}", f"mf:{{{name}}}:dead", f"mf:{{{name}}}:cursor")
-            finally:
-                await client.aclose()
-        elif backend == "nats":
-            import nats
-
-            from modelfleet.broker.brokers.nats import dead_stream_name, stream_name
-
-            connection = await nats.connect(url)
-            try:
-                for stream in (stream_name(name), dead_stream_name(name)):
-                    with contextlib.suppress(Exception):
-                        await connection.jetstream().delete_stream(stream)
-            finally:
-                await connection.close()
-        elif backend == "rabbitmq":
-            import aio_pika
-
-            amqp = await aio_pika.connect(url)
-            try:
-                for queue_name in (name, f"{name}.dead"):
-                    # A missing queue closes the channel, so each deletion gets its own.
-                    with contextlib.suppress(Exception):
-                        channel = await amqp.channel()
-                        await channel.queue_delete(queue_name)
-                        await channel.close()
-            finally:
-                await amqp.close()
+    asyncio.run(forget_broker_queue(BACKENDS[backend], name))
 
 
 def run(scenario: Callable[[Factory], Awaitable[None]], backend: str, tmp_path: object) -> None:
