@@ -7,7 +7,7 @@ from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Insert, Row, func, select, update
+from sqlalchemy import Insert, Row, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -112,15 +112,20 @@ class SqlJobStore:
                         f"job {job_id!r} has {row.total} input(s), so positions must be 0..{row.total - 1}; "
                         f"got {', '.join(map(str, outside[:10]))}{' ...' if len(outside) > 10 else ''}"
                     )
+                fresh: list[JobResult] = []
                 if unique:
-                    await connection.execute(
-                        self._insert_results,
-                        [_result_row(job_id, result) for result in unique.values()],
+                    # Under the job's lock no other save can add results for it, so the positions
+                    # not stored yet are exactly the ones this insert adds: the counts move by
+                    # those alone, at the cost of this chunk rather than of the whole job.
+                    stored = select(job_results.c.position).where(
+                        job_results.c.job_id == job_id, job_results.c.position.in_(list(unique))
                     )
-                counted = select(func.count(), func.count(job_results.c.error)).where(
-                    job_results.c.job_id == job_id
-                )
-                done, failed = (await connection.execute(counted)).one()
+                    taken = set((await connection.execute(stored)).scalars())
+                    fresh = [result for position, result in unique.items() if position not in taken]
+                if fresh:
+                    await connection.execute(self._insert_results, [_result_row(job_id, r) for r in fresh])
+                done = row.done + len(fresh)
+                failed = row.failed + sum(1 for result in fresh if result.error is not None)
                 job = _job_from(row)
                 status: JobStatus = job.status
                 finished_at = job.finished_at
