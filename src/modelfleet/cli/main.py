@@ -246,6 +246,39 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Run a CSV, JSONL or Parquet file through a model or pipeline of the running fleet, resumably."""
+    from modelfleet.batch import run_batch
+
+    url = args.url
+    if url is None:
+        settings, state = _state(args)
+        url = (
+            state.gateway_url
+            if state is not None
+            else f"http://{settings.gateway.host}:{settings.gateway.port}"
+        )
+    try:
+        summary = run_batch(
+            args.target,
+            Path(args.input),
+            Path(args.output),
+            url,
+            chunk_size=args.chunk_size,
+            concurrency=args.concurrency,
+            progress=not args.no_progress,
+            input_format=args.format,
+            restart=args.restart,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: finished chunks are kept in {args.output}.parts/; rerun to resume", file=sys.stderr
+        )
+        return 130
+    print(summary.render())
+    return summary.exit_code
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker replica (the supervisor starts these; useful alone for debugging)."""
     from modelfleet.worker.main import serve_worker
@@ -306,6 +339,30 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=int, default=20)
     runs.add_argument("--cursor", help="continue a listing where the last page ended")
     runs.add_argument("--json", action="store_true", help="machine-readable output")
+    batch = sub.add_parser("batch", help="offline batch scoring of files").add_subparsers(
+        dest="batch_command", required=True
+    )
+    batch_run = batch.add_parser("run", help=(cmd_batch.__doc__ or "").strip(), description=cmd_batch.__doc__)
+    batch_run.add_argument(
+        "-c", "--config", default=DEFAULT_CONFIG, help="fleet configuration (default: fleet.yaml)"
+    )
+    batch_run.set_defaults(func=cmd_batch)
+    batch_run.add_argument("target", help="pipeline:NAME or model:NAME")
+    batch_run.add_argument("--input", required=True, help="a .csv, .jsonl or .parquet file")
+    batch_run.add_argument(
+        "--output", required=True, help="where the results go; its suffix picks the format"
+    )
+    batch_run.add_argument(
+        "--format",
+        choices=["auto", "csv", "jsonl", "parquet"],
+        default="auto",
+        help="the input's format (default: from its suffix)",
+    )
+    batch_run.add_argument("--chunk-size", type=int, default=256, help="rows per request (default: 256)")
+    batch_run.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: 4)")
+    batch_run.add_argument("--url", help="gateway URL (default: the running fleet's)")
+    batch_run.add_argument("--restart", action="store_true", help="discard parts left by an earlier batch")
+    batch_run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     worker = command("worker", cmd_worker)
     worker.add_argument("--service", required=True)
     worker.add_argument("--port", type=int, required=True)
