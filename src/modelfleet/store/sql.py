@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -15,9 +14,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
-from modelfleet.store.engine import Backend, parse_store_url, write_transaction
-from modelfleet.store.errors import RunNotFound, RunRejected, StoreError
-from modelfleet.store.migrations import connect_and_migrate
+from modelfleet.store.engine import Backend, write_transaction
+from modelfleet.store.errors import RunNotFound, RunRejected
+from modelfleet.store.lifecycle import StoreEngine
 from modelfleet.store.records import PipelineRun, RunPage, RunStatus, StepRecord, StepStatus
 from modelfleet.store.schema import RunId, UtcDateTime, run_steps
 from modelfleet.store.schema import runs as runs_table
@@ -34,11 +33,8 @@ class SqlRunStore:
     """
 
     def __init__(self, url: str, *, busy_timeout_ms: int = 10_000) -> None:
-        self._url = parse_store_url(url)
-        self._busy_timeout_ms = busy_timeout_ms
-        self._engine: AsyncEngine | None = None
-        self._opening = asyncio.Lock()
-        if self._url.backend == "sqlite":
+        self._engine = StoreEngine(url, busy_timeout_ms, "run store", RunRejected)
+        if self._engine.backend == "sqlite":
             self._insert_runs = (
                 sqlite.insert(runs_table)
                 .on_conflict_do_nothing(index_elements=[runs_table.c.id])
@@ -53,19 +49,13 @@ class SqlRunStore:
 
     @property
     def backend(self) -> Backend:
-        return self._url.backend
+        return self._engine.backend
 
     async def open(self) -> None:
-        async with self._opening:
-            if self._engine is not None:
-                return
-            with translated("opening the store", RunRejected):
-                self._engine = await connect_and_migrate(self._url, busy_timeout_ms=self._busy_timeout_ms)
+        await self._engine.open()
 
     async def close(self) -> None:
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            await engine.dispose()
+        await self._engine.close()
 
     async def save_runs(self, runs: Sequence[PipelineRun]) -> None:
         unique: dict[str, PipelineRun] = {}
@@ -149,9 +139,7 @@ class SqlRunStore:
         return RunPage(items, next_cursor)
 
     def _open_engine(self) -> AsyncEngine:
-        if self._engine is None:
-            raise StoreError("the run store is not open; call open() first")
-        return self._engine
+        return self._engine.get()
 
 
 def _run_row(run: PipelineRun) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -11,10 +10,10 @@ from sqlalchemy import Insert, Row, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from modelfleet.store.engine import Backend, parse_store_url, write_transaction
-from modelfleet.store.errors import JobNotFound, JobRejected, StoreError
+from modelfleet.store.engine import Backend, write_transaction
+from modelfleet.store.errors import JobNotFound, JobRejected
 from modelfleet.store.jobs import MAX_RESULTS_LIMIT, TERMINAL, Job, JobResult, JobStatus, TargetKind
-from modelfleet.store.migrations import connect_and_migrate
+from modelfleet.store.lifecycle import StoreEngine
 from modelfleet.store.schema import job_results, jobs
 from modelfleet.store.translation import printable, translated
 
@@ -26,19 +25,16 @@ class SqlJobStore:
 
     Shares the database, schema migrations and locking with :class:`~modelfleet.store.sql.SqlRunStore`
     but has its own engine. Saves of results to one job are serialised by a lock on the job's
-    row (SQLite's write lock on SQLite), so the recount in each save sees every earlier save.
+    row (SQLite's write lock on SQLite), so each save sees which positions earlier saves stored.
     ``busy_timeout_ms`` is how long a SQLite writer waits for another's lock. Raises ConfigError
     for a URL it cannot use.
     """
 
     def __init__(self, url: str, *, busy_timeout_ms: int = 10_000) -> None:
-        self._url = parse_store_url(url)
-        self._busy_timeout_ms = busy_timeout_ms
-        self._engine: AsyncEngine | None = None
-        self._opening = asyncio.Lock()
+        self._engine = StoreEngine(url, busy_timeout_ms, "job store", JobRejected)
         self._insert_job: Insert
         self._insert_results: Insert
-        if self._url.backend == "sqlite":
+        if self._engine.backend == "sqlite":
             self._insert_job = sqlite.insert(jobs).on_conflict_do_nothing(index_elements=[jobs.c.id])
             self._insert_results = sqlite.insert(job_results).on_conflict_do_nothing(
                 index_elements=[job_results.c.job_id, job_results.c.position]
@@ -51,19 +47,13 @@ class SqlJobStore:
 
     @property
     def backend(self) -> Backend:
-        return self._url.backend
+        return self._engine.backend
 
     async def open(self) -> None:
-        async with self._opening:
-            if self._engine is not None:
-                return
-            with translated("opening the job store", JobRejected):
-                self._engine = await connect_and_migrate(self._url, busy_timeout_ms=self._busy_timeout_ms)
+        await self._engine.open()
 
     async def close(self) -> None:
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            await engine.dispose()
+        await self._engine.close()
 
     async def create_job(self, job: Job) -> None:
         engine = self._open_engine()
@@ -199,9 +189,7 @@ class SqlJobStore:
         return _job_from(row)
 
     def _open_engine(self) -> AsyncEngine:
-        if self._engine is None:
-            raise StoreError("the job store is not open; call open() first")
-        return self._engine
+        return self._engine.get()
 
 
 def _storable(text: str) -> bool:
