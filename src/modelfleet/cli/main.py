@@ -150,16 +150,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway_url(args: argparse.Namespace) -> str:
+    """``--url``, else the running fleet's gateway, else the configured gateway address."""
+    if args.url is not None:
+        return str(args.url)
+    settings, state = _state(args)
+    if state is not None:
+        return str(state.gateway_url)
+    return f"http://{settings.gateway.host}:{settings.gateway.port}"
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Send one input to a model through the gateway and print the answer."""
-    url = args.url
-    if url is None:
-        settings, state = _state(args)
-        url = (
-            state.gateway_url
-            if state is not None
-            else f"http://{settings.gateway.host}:{settings.gateway.port}"
-        )
+    url = _gateway_url(args)
     text = args.text
     stripped = text.lstrip()
     if stripped.startswith(("{", "[")):
@@ -250,14 +253,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     """Run a CSV, JSONL or Parquet file through a model or pipeline of the running fleet, resumably."""
     from modelfleet.batch import run_batch
 
-    url = args.url
-    if url is None:
-        settings, state = _state(args)
-        url = (
-            state.gateway_url
-            if state is not None
-            else f"http://{settings.gateway.host}:{settings.gateway.port}"
-        )
+    url = _gateway_url(args)
     try:
         summary = run_batch(
             args.target,
