@@ -23,7 +23,20 @@ from sqlalchemy import inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from modelfleet.store.engine import StoreUrl, connect_store_engine, write_transaction
-from modelfleet.store.schema import job_results, jobs, metadata, run_steps, runs, schema_migrations
+from modelfleet.store.schema import (
+    alias_events,
+    job_results,
+    jobs,
+    metadata,
+    model_aliases,
+    model_versions,
+    registered_models,
+    rollouts,
+    run_steps,
+    runs,
+    schema_migrations,
+    training_jobs,
+)
 
 # Any constant will do, as long as every modelfleet process uses the same one ("mflt").
 _ADVISORY_LOCK_KEY = 0x6D666C74
@@ -46,9 +59,15 @@ async def _create_jobs(connection: AsyncConnection) -> None:
     await connection.run_sync(metadata.create_all, tables=[jobs, job_results], checkfirst=False)
 
 
+async def _create_registry(connection: AsyncConnection) -> None:
+    tables = [registered_models, model_versions, model_aliases, alias_events, rollouts, training_jobs]
+    await connection.run_sync(metadata.create_all, tables=tables, checkfirst=False)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs and run_steps", _create_runs),
     Migration(2, "jobs and job_results", _create_jobs),
+    Migration(3, "registry", _create_registry),
 )
 
 

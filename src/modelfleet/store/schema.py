@@ -49,7 +49,21 @@ def _refuse_non_finite(value: Any) -> None:
         elif isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, list | tuple):
+            if _finite_numbers(item):
+                continue
             stack.extend(item)
+
+
+def _finite_numbers(items: list[Any] | tuple[Any, ...]) -> bool:
+    """True when ``items`` are all numbers and none is NaN or infinite, checked in C (embeddings).
+
+    A NaN or infinity makes the sum NaN or infinite; so can finite values that overflow, and then
+    the caller checks item by item. Lists holding anything but numbers are checked item by item.
+    """
+    try:
+        return math.isfinite(sum(items))
+    except (TypeError, OverflowError):
+        return False
 
 
 def dumps(value: Any) -> str:
@@ -192,4 +206,89 @@ job_results = Table(
     Column("output", JsonDocument),
     Column("error", Text),
     ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE"),
+)
+
+# The model registry (migration 3). A model's row exists from its first registered version on and
+# is never deleted: it hands out version numbers, so a deleted version's number is never reused,
+# and its generation counts the alias and rollout changes that serving processes poll for.
+registered_models = Table(
+    "registered_models",
+    metadata,
+    Column("model", String, primary_key=True),
+    Column("last_version", Integer, nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("model", String, primary_key=True),
+    Column("version", String, primary_key=True),
+    Column("artifact_uri", Text, nullable=False),
+    Column("trainer", String, nullable=False),
+    Column("params", JsonDocument, nullable=False),
+    Column("metrics", JsonDocument, nullable=False),
+    Column("dataset", String),
+    Column("status", String, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    ForeignKeyConstraint(["model"], ["registered_models.model"]),
+)
+
+model_aliases = Table(
+    "model_aliases",
+    metadata,
+    Column("model", String, primary_key=True),
+    Column("alias", String, primary_key=True),
+    Column("version", String, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    # The database, too, refuses to delete a version an alias points at.
+    ForeignKeyConstraint(["model", "version"], ["model_versions.model", "model_versions.version"]),
+)
+
+alias_events = Table(
+    "alias_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model", String, nullable=False),
+    Column("alias", String, nullable=False),
+    Column("action", String, nullable=False),
+    Column("version", String),
+    Column("previous_version", String),
+    Column("at", UtcDateTime, nullable=False),
+    # Rollback replays one alias's events in order.
+    Index(None, "model", "alias", "id"),
+)
+
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("model", String, primary_key=True),
+    Column("spec", JsonDocument, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    ForeignKeyConstraint(["model"], ["registered_models.model"]),
+)
+
+training_jobs = Table(
+    "training_jobs",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("model", String, nullable=False),
+    Column("dataset", String, nullable=False),
+    Column("trainer", String, nullable=False),
+    Column("params", JsonDocument, nullable=False),
+    Column("promote_alias", String),
+    Column("promote_metric", String),
+    Column("status", String, nullable=False),
+    Column("progress", Float, nullable=False),
+    Column("message", Text),
+    Column("version", String),
+    Column("metrics", JsonDocument),
+    Column("error", Text),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime),
+    # For the oldest pending job (claiming) and a model's jobs, newest first.
+    Index(None, "status", "created_at"),
+    Index(None, "model", "created_at"),
 )

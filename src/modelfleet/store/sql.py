@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Row, literal, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
-from modelfleet.store.engine import Backend, write_transaction
+from modelfleet.store.engine import (
+    Backend,
+    create_sync_sqlite_engine,
+    sync_write_transaction,
+    write_transaction,
+)
 from modelfleet.store.errors import RunNotFound, RunRejected
 from modelfleet.store.lifecycle import StoreEngine
 from modelfleet.store.records import PipelineRun, RunPage, RunStatus, StepRecord, StepStatus
@@ -34,6 +42,9 @@ class SqlRunStore:
 
     def __init__(self, url: str, *, busy_timeout_ms: int = 10_000) -> None:
         self._engine = StoreEngine(url, busy_timeout_ms, "run store", RunRejected)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._sync_engine: Engine | None = None
+        self._writer_thread: ThreadPoolExecutor | None = None
         if self._engine.backend == "sqlite":
             self._insert_runs = (
                 sqlite.insert(runs_table)
@@ -53,8 +64,19 @@ class SqlRunStore:
 
     async def open(self) -> None:
         await self._engine.open()
+        if self._engine.backend == "sqlite" and self._sync_engine is None:
+            self._sync_engine = create_sync_sqlite_engine(
+                self._engine.url, busy_timeout_ms=self._busy_timeout_ms
+            )
+            self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="modelfleet-run-store")
 
     async def close(self) -> None:
+        sync_engine, self._sync_engine = self._sync_engine, None
+        thread, self._writer_thread = self._writer_thread, None
+        if sync_engine is not None and thread is not None:
+            # Disposed on its own thread: sqlite3 connections may only be closed where they were made.
+            await asyncio.get_running_loop().run_in_executor(thread, sync_engine.dispose)
+            thread.shutdown(wait=True)
         await self._engine.close()
 
     async def save_runs(self, runs: Sequence[PipelineRun]) -> None:
@@ -66,19 +88,27 @@ class SqlRunStore:
         engine = self._open_engine()
         rows = [_run_row(run) for run in unique.values()]
         with translated(f"saving {len(rows)} run(s)", RunRejected):
+            if self._sync_engine is not None and self._writer_thread is not None:
+                # SQLite: the whole transaction in one call on the writer thread (see open()).
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(
+                    self._writer_thread, self._save_blocking, self._sync_engine, rows, unique
+                )
+                return
             async with write_transaction(engine) as connection:
                 result = await connection.execute(self._insert_runs, rows)
-                inserted = set(result.scalars())
-                # Steps only for runs inserted now: a stored run keeps its own steps, even when a
-                # concurrent transaction inserted it a moment ago.
-                steps = [
-                    _step_row(run.id, position, step)
-                    for run in unique.values()
-                    if run.id in inserted
-                    for position, step in enumerate(run.steps)
-                ]
+                steps = _new_step_rows(unique, set(result.scalars()))
                 if steps:
                     await connection.execute(run_steps.insert(), steps)
+
+    def _save_blocking(
+        self, engine: Engine, rows: list[dict[str, Any]], unique: dict[str, PipelineRun]
+    ) -> None:
+        with sync_write_transaction(engine) as connection:
+            inserted = set(connection.execute(self._insert_runs, rows).scalars())
+            steps = _new_step_rows(unique, inserted)
+            if steps:
+                connection.execute(run_steps.insert(), steps)
 
     async def get_run(self, run_id: str) -> PipelineRun:
         run = await self.find_run(run_id)
@@ -140,6 +170,17 @@ class SqlRunStore:
 
     def _open_engine(self) -> AsyncEngine:
         return self._engine.get()
+
+
+def _new_step_rows(runs: dict[str, PipelineRun], inserted: set[str]) -> list[dict[str, Any]]:
+    # Steps only for runs inserted now: a stored run keeps its own steps, even when a concurrent
+    # transaction inserted it a moment ago.
+    return [
+        _step_row(run.id, position, step)
+        for run in runs.values()
+        if run.id in inserted
+        for position, step in enumerate(run.steps)
+    ]
 
 
 def _run_row(run: PipelineRun) -> dict[str, Any]:
