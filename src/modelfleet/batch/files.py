@@ -12,12 +12,18 @@ import csv
 import importlib
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from modelfleet.errors import ConfigError
+
+# orjson reads integers past 64 bits back as floats; lines holding one are read with the json module.
+_BIG_INT = re.compile(r"\d{19}")
 
 FORMATS = ("csv", "jsonl", "parquet")
 _SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -143,13 +149,21 @@ def write_atomically(path: Path, lines: Iterable[str]) -> None:
 
 def write_part(path: Path, results: Iterable[RowResult]) -> None:
     """One finished chunk's results as JSON lines, written atomically."""
-    write_atomically(path, (json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in results))
+    write_atomically(path, (_json_line(r.to_dict()) for r in results))
+
+
+def _json_line(value: Any) -> str:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_APPEND_NEWLINE).decode()
+    except TypeError:
+        # Integers past 64 bits, which orjson does not write; the json module does.
+        return json.dumps(value, ensure_ascii=False) + "\n"
 
 
 def read_part(path: Path) -> Iterator[RowResult]:
     with path.open(encoding="utf-8") as stream:
         for line in stream:
-            item = json.loads(line)
+            item = json.loads(line) if _BIG_INT.search(line) else orjson.loads(line)
             yield RowResult(item["row"], item.get("output"), item.get("error"))
 
 
@@ -177,7 +191,7 @@ def write_output(path: Path, fmt: str, parts: list[Path]) -> None:
             with temp.open("w", encoding="utf-8") as stream:
                 for part in parts:
                     for result in read_part(part):
-                        stream.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+                        stream.write(_json_line(result.to_dict()))
         elif fmt == "csv":
             _write_csv(temp, parts)
         elif fmt == "parquet":

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import orjson
+
 from modelfleet.batch.files import (
     BatchConfigError,
     RowResult,
@@ -120,7 +122,7 @@ class GatewayClient:
 
     def post(self, path: str, payload: Any) -> tuple[int, Any]:
         """POST JSON, answer (status, decoded body); retries transient failures, then raises or answers."""
-        body = json.dumps(payload, ensure_ascii=False).encode()
+        body = _encode(payload)
         last_error: Exception | None = None
         for attempt, delay_s in enumerate((0.0, *RETRY_DELAYS_S)):
             if delay_s:
@@ -142,8 +144,8 @@ class GatewayClient:
                 with self._lock:
                     self.requests += 1
             try:
-                answer = json.loads(raw) if raw else None
-            except ValueError:
+                answer = orjson.loads(raw) if raw else None
+            except orjson.JSONDecodeError:
                 answer = {"error": raw.decode("utf-8", errors="replace")[:500]}
             if response.status in RETRY_STATUSES and attempt < len(RETRY_DELAYS_S):
                 continue
@@ -155,6 +157,14 @@ class GatewayClient:
             for conn in self._all:
                 conn.close()
             self._all.clear()
+
+
+def _encode(payload: Any) -> bytes:
+    try:
+        return orjson.dumps(payload)
+    except TypeError:
+        # Integers past 64 bits, which orjson does not write; the json module does.
+        return json.dumps(payload, ensure_ascii=False).encode()
 
 
 def _message(status: int, answer: Any) -> str:
