@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="the input's format (default: from its suffix)",
     )
-    batch_run.add_argument("--chunk-size", type=int, default=256, help="rows per request (default: 256)")
+    batch_run.add_argument("--chunk-size", type=int, default=1000, help="rows per request (default: 1000)")
     batch_run.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: 4)")
     batch_run.add_argument("--url", help="gateway URL (default: the running fleet's)")
     batch_run.add_argument("--restart", action="store_true", help="discard parts left by an earlier batch")
