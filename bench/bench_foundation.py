@@ -27,12 +27,10 @@ import inspect
 import json
 import os
 import platform
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,10 +41,8 @@ from typing import Any
 import orjson
 import psutil
 
-BENCH_DIR = Path(__file__).resolve().parent
-ROOT = BENCH_DIR.parent
-RESULTS_DIR = BENCH_DIR / "results"
-DATA_DIR = ROOT / ".modelfleet"
+from fleetkit import BENCH_DIR, DATA_DIR, RESULTS_DIR, ROOT, fleet, log
+
 LOADGEN = BENCH_DIR / "loadgen.py"
 
 CONCURRENCIES: tuple[int, ...] = (1, 16, 64)
@@ -155,10 +151,6 @@ class Row:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def free_port() -> int:
@@ -572,27 +564,8 @@ def measure_modelfleet(
     keep: bool,
     retries: int,
 ) -> None:
-    from modelfleet.settings import load_settings
-    from modelfleet.supervisor.state import FleetState
-    from modelfleet.supervisor.supervisor import Supervisor
-
-    tmp = Path(tempfile.mkdtemp(prefix="modelfleet-bench-"))
-    config = tmp / "fleet.yaml"
-    config.write_text(fleet_yaml(tmp, workloads), encoding="utf-8")
-    supervisor = Supervisor(load_settings(config), config)
-    failed = False
-    try:
-        started = time.perf_counter()
-        plan = supervisor.start()
-        log(f"fleet ready in {time.perf_counter() - started:.1f}s: gateway {plan.gateway.url}")
-        state = FleetState.read(supervisor.run_dir)
-        if state is None:
-            raise RuntimeError("the supervisor wrote no state.json")
-        pid_of: dict[str, int] = {}
-        for proc in state.processes:
-            if proc.pid is None:
-                raise RuntimeError(f"{proc.name} has no pid")
-            pid_of[proc.name] = proc.pid
+    with fleet("foundation", lambda folder: fleet_yaml(folder, workloads), keep) as running:
+        plan, pid_of = running.plan, running.pids
         meta["fleet"] = {"plan": json.loads(plan.to_json()), "pids": pid_of}
         for workload in workloads:
             spec = WORKLOADS[workload]
@@ -613,16 +586,8 @@ def measure_modelfleet(
                     )
                     announce(row)
                     rows.append(row)
-                    failed = failed or bool(row.failure or row.errors)
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        supervisor.stop()
-        if failed or keep:
-            log(f"fleet logs kept in {supervisor.log_dir}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+                    # Keep the fleet's logs when a measurement failed or saw errors.
+                    running.keep = running.keep or bool(row.failure or row.errors)
 
 
 # ---------------------------------------------------------------------------------------------- report

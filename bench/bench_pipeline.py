@@ -28,11 +28,9 @@ import json
 import math
 import os
 import platform
-import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +42,7 @@ from typing import Any
 import orjson
 import yaml
 
+import fleetkit
 from bench_foundation import (
     DATA_DIR,
     RESULTS_DIR,
@@ -249,37 +248,8 @@ def check_placement(port: int, body: bytes) -> PlacementInfo:
 @contextlib.contextmanager
 def fleet(placement: str, pipeline: dict[str, Any], keep: bool) -> Iterator[tuple[Any, dict[str, int], Path]]:
     """Start the placement's fleet; yields (plan, pids by process name, the SQLite file)."""
-    from modelfleet.settings import load_settings
-    from modelfleet.supervisor.state import FleetState
-    from modelfleet.supervisor.supervisor import Supervisor
-
-    tmp = Path(tempfile.mkdtemp(prefix=f"modelfleet-bench-{placement}-"))
-    config = tmp / "fleet.yaml"
-    config.write_text(fleet_config(tmp, placement, pipeline), encoding="utf-8")
-    supervisor = Supervisor(load_settings(config), config)
-    failed = False
-    try:
-        started = time.perf_counter()
-        plan = supervisor.start()
-        log(f"{placement} fleet ready in {time.perf_counter() - started:.1f}s: gateway {plan.gateway.url}")
-        state = FleetState.read(supervisor.run_dir)
-        if state is None:
-            raise RuntimeError("the supervisor wrote no state.json")
-        pids: dict[str, int] = {}
-        for proc in state.processes:
-            if proc.pid is None:
-                raise RuntimeError(f"{proc.name} has no pid")
-            pids[proc.name] = proc.pid
-        yield plan, pids, tmp / "modelfleet.db"
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        supervisor.stop()
-        if failed or keep:
-            log(f"{placement} fleet folder kept: {tmp} (logs in {supervisor.log_dir})")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with fleetkit.fleet(placement, lambda folder: fleet_config(folder, placement, pipeline), keep) as running:
+        yield running.plan, running.pids, running.folder / "modelfleet.db"
 
 
 def measure_placement(

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,3 +285,74 @@ async def forget_broker_queue(url: str | None, name: str) -> None:
                         await channel.close()
             finally:
                 await amqp.close()
+
+
+STREAM_SERVERS = {
+    "redis": "redis://127.0.0.1:6379/0",
+    "nats": "nats://127.0.0.1:4222",
+    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/",
+    # A short session expiry, so a session a failed test could not remove goes away by itself.
+    "mqtt": "mqtt://127.0.0.1:1883?session_expiry_s=300",
+}
+
+
+async def forget_stream_topics(url: str, topics: Iterable[str], mqtt_clients: Iterable[str] = ()) -> None:
+    """Delete what stream tests made on a shared server: Redis streams, the NATS streams the
+    connector created, RabbitMQ queues, MQTT sessions; ignores what is missing."""
+    if url.startswith("redis://"):
+        import redis.asyncio
+
+        client = redis.asyncio.from_url(url)
+        try:
+            if names := list(topics):
+                await client.delete(*names)
+        finally:
+            await client.aclose()
+    elif url.startswith("nats://"):
+        import nats
+
+        from modelfleet.stream.connectors.nats import stream_name
+
+        connection = await nats.connect(url)
+        try:
+            for topic in topics:
+                with contextlib.suppress(Exception):
+                    await connection.jetstream().delete_stream(stream_name(topic))
+        finally:
+            await connection.close()
+    elif url.startswith("amqp://"):
+        import aio_pika
+
+        amqp = await aio_pika.connect(url)
+        try:
+            for topic in topics:
+                with contextlib.suppress(Exception):
+                    channel = await amqp.channel()
+                    await channel.queue_delete(topic)
+                    await channel.close()
+        finally:
+            await amqp.close()
+    elif url.startswith("mqtt://"):
+        await asyncio.gather(*(asyncio.to_thread(_end_mqtt_session, url, c) for c in mqtt_clients))
+
+
+def _end_mqtt_session(url: str, client_id: str) -> None:
+    """Connect as ``client_id`` with a clean start and no session expiry: the broker drops its session."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    parts = urlsplit(url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = 0
+    with contextlib.suppress(OSError):
+        host, port = parts.hostname or "127.0.0.1", parts.port or 1883
+        client.connect(host, port, clean_start=True, properties=properties)
+        client.loop_start()
+        deadline = time.monotonic() + 5
+        while not client.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        client.disconnect()
+        client.loop_stop()

@@ -49,3 +49,39 @@ class PredictionFailed(ModelfleetError):
 
 class UpstreamUnavailable(ModelfleetError):
     """Raised when no healthy replica of a service could take a request."""
+
+
+class Conflict(ModelfleetError):
+    """Raised when a request is well-formed but clashes with the current state (a version still in use)."""
+
+
+class VersionNotFound(ModelfleetError):
+    """Raised when the model registry has no such model, or the model no such version."""
+
+
+class AliasNotFound(ModelfleetError):
+    """Raised when a registered model has no alias of the given name."""
+
+
+class TrainingJobNotFound(ModelfleetError):
+    """Raised when a training job with the given id does not exist."""
+
+
+class DatasetNotFound(ModelfleetError):
+    """Raised when the lake has no dataset of the given name, or the dataset no such version."""
+
+
+class DatasetRejected(ModelfleetError):
+    """Raised when a file cannot become a dataset version; ``reasons`` names every problem found."""
+
+    def __init__(self, reasons: list[str] | str) -> None:
+        self.reasons = [reasons] if isinstance(reasons, str) else list(reasons)
+        super().__init__("; ".join(self.reasons))
+
+
+class ArtifactNotFound(ModelfleetError):
+    """Raised when no complete model artifact is stored at the given URI."""
+
+
+class ArtifactExists(Conflict):
+    """Raised when a model version's artifact is already stored: stored artifacts are never replaced."""

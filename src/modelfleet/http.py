@@ -13,6 +13,11 @@ from collections.abc import Awaitable, Callable, Iterable
 import orjson
 
 from modelfleet.errors import (
+    AliasNotFound,
+    ArtifactNotFound,
+    Conflict,
+    DatasetNotFound,
+    DatasetRejected,
     DeadlineExceeded,
     InvalidInput,
     MalformedRequest,
@@ -22,7 +27,9 @@ from modelfleet.errors import (
     PipelineNotFound,
     PredictionFailed,
     RunNotFound,
+    TrainingJobNotFound,
     UpstreamUnavailable,
+    VersionNotFound,
 )
 from modelfleet.store.errors import JobNotFound, StoreError
 from modelfleet.types import JSON_CONTENT_TYPE, REQUEST_ID_HEADER, Receive, Scope, Send
@@ -49,6 +56,13 @@ STATUS_OF: dict[type[ModelfleetError], int] = {
     UpstreamUnavailable: 503,
     StoreError: 503,
     JobNotFound: 404,
+    VersionNotFound: 404,
+    AliasNotFound: 404,
+    TrainingJobNotFound: 404,
+    Conflict: 409,
+    DatasetNotFound: 404,
+    DatasetRejected: 422,
+    ArtifactNotFound: 404,
     DeadlineExceeded: 504,
 }
 

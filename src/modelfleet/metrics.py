@@ -121,10 +121,32 @@ class GatewayMetrics:
                 registry=self.registry,
             )
         )
+        self._version_requests = _Children(
+            Counter(
+                "modelfleet_gateway_version_requests_total",
+                "Requests routed by a rollout, by model, version answering and status class (2xx, 4xx, 5xx).",
+                ["model", "version", "code_class"],
+                registry=self.registry,
+            )
+        )
+        self._shadows = _Children(
+            Counter(
+                "modelfleet_gateway_shadow_total",
+                "Shadow copies by model, shadow version and outcome (agree, differ, error, dropped).",
+                ["model", "version", "outcome"],
+                registry=self.registry,
+            )
+        )
 
     def observe(self, service: str, code: int, seconds: float) -> None:
         self._requests.get(service, str(code)).inc()  # type: ignore[attr-defined]
         self._latency.get(service).observe(seconds)  # type: ignore[attr-defined]
+
+    def observe_version(self, model: str, version: str, code: int) -> None:
+        self._version_requests.get(model, version, f"{code // 100}xx").inc()  # type: ignore[attr-defined]
+
+    def observe_shadow(self, model: str, version: str, outcome: str) -> None:
+        self._shadows.get(model, version, outcome).inc()  # type: ignore[attr-defined]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

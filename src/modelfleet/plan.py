@@ -22,12 +22,18 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class FleetPlan:
-    """The addresses of the gateway and of every replica of every service."""
+    """The addresses of the gateway and of every replica of every service.
+
+    ``services`` hold models; ``job_workers``, ``streams`` and ``trainers`` are background services,
+    started like workers but never routed to.
+    """
 
     gateway: Endpoint
     services: dict[str, list[Endpoint]] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
     job_workers: dict[str, list[Endpoint]] = field(default_factory=dict)
+    streams: dict[str, list[Endpoint]] = field(default_factory=dict)
+    trainers: dict[str, list[Endpoint]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -40,6 +46,8 @@ class FleetPlan:
             services={name: [Endpoint(**e) for e in eps] for name, eps in data["services"].items()},
             models=dict(data["models"]),
             job_workers={n: [Endpoint(**e) for e in eps] for n, eps in data.get("job_workers", {}).items()},
+            streams={n: [Endpoint(**e) for e in eps] for n, eps in data.get("streams", {}).items()},
+            trainers={n: [Endpoint(**e) for e in eps] for n, eps in data.get("trainers", {}).items()},
         )
 
     def write(self, path: Path) -> None:

@@ -32,28 +32,110 @@ class BatchingSettings(_Strict):
     max_wait_ms: float = Field(5.0, ge=0, le=10_000)
 
 
+class CaptureSettings(_Strict):
+    """Opt-in sampling of a model's live inputs and outputs into the lake, for labelling and retraining."""
+
+    rate: float = Field(gt=0, le=1, description="fraction of predictions captured (0 < rate <= 1)")
+    flush_rows: int = Field(1000, ge=1, le=1_000_000, description="rows buffered before a Parquet part")
+    flush_s: float = Field(10.0, gt=0, le=3600, description="longest a captured row waits to be written")
+
+
+class BootstrapSettings(_Strict):
+    """How the first version of a registry-backed model is trained when the registry has none.
+
+    ``dataset`` (and ``test_dataset``, the held-out split; without it ``test_fraction`` of the data
+    is held out, stratified) are files ingested into the lake first. ``columns`` names the columns
+    of a file without a header row.
+    """
+
+    dataset: str = Field(min_length=1)
+    test_dataset: str | None = None
+    columns: list[str] | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    trainer: str = "tfidf-logreg"
+    params: dict[str, Any] = Field(default_factory=dict)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class RegistrySourceSettings(_Strict):
+    """Serve the version a registry alias points at, and follow the alias when it moves.
+
+    ``name`` is the model's name in the registry (default: the fleet's name for it). The worker
+    builds the model class with ``artifact_dir`` set to the version's artifact folder.
+    """
+
+    name: str | None = Field(None, pattern=_NAME)
+    alias: str = Field("production", pattern=_NAME)
+    bootstrap: BootstrapSettings | None = None
+
+
 class ModelSettings(_Strict):
     """One model: the class that implements it and the keyword arguments it is built with."""
 
     class_: str = Field(alias="class", min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
     batching: BatchingSettings | Literal[False] | None = None
+    capture: CaptureSettings | None = None
+    registry: RegistrySourceSettings | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class StreamSettings(_Strict):
+    """A stream service's topics and target: it reads ``input``, runs each message through the
+    target model or pipeline, and publishes one result record per message to ``output``.
+
+    ``url``'s scheme picks the server: ``redis://`` (a stream), ``nats://`` (a JetStream subject),
+    ``amqp://`` (a RabbitMQ queue) or ``mqtt://`` (a topic). Messages that failed ``max_attempts``
+    times for a reason other than their own input go to ``dead_letter`` (``<output>.dead`` unless set).
+    """
+
+    url: str = Field(pattern=r"^(redis|rediss|nats|tls|amqp|amqps|mqtt|mqtts)://", min_length=8)
+    input: str = Field(min_length=1, max_length=255)
+    output: str = Field(min_length=1, max_length=255)
+    dead_letter: str | None = Field(None, min_length=1, max_length=255)
+    model: str | None = None
+    pipeline: str | None = None
+    group: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="consumer group; default: the service name"
+    )
+    max_in_flight: int = Field(16, ge=1, le=1024, description="messages received and not yet acked")
+    max_attempts: int = Field(5, ge=1, le=100)
+    ack_timeout_s: float = Field(
+        30.0, gt=0, le=86_400, description="how long a silent replica's messages wait for another replica"
+    )
+    request_timeout_s: float = Field(30.0, gt=0, description="deadline for one message's model calls")
+
+    @model_validator(mode="after")
+    def _one_target_and_distinct_topics(self) -> StreamSettings:
+        if (self.model is None) == (self.pipeline is None):
+            raise ValueError("give exactly one target: model or pipeline")
+        if self.output == self.input:
+            raise ValueError("output must differ from input, or every result would be read again")
+        if self.dead_letter_topic in (self.input, self.output):
+            raise ValueError("dead_letter must differ from input and output")
+        return self
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dead_letter or f"{self.output}.dead"
 
 
 class ServiceSettings(_Strict):
     """A deployable unit: one process per replica.
 
     ``kind: worker`` hosts the listed models packed together; ``kind: job-worker`` hosts no model:
-    it takes jobs from the broker and runs them through the fleet's model services.
+    it takes jobs from the broker and runs them through the fleet's model services; ``kind:
+    stream`` hosts no model either: it consumes the topic its ``stream`` section names.
     """
 
-    kind: Literal["worker", "job-worker"] = "worker"
+    kind: Literal["worker", "job-worker", "stream", "trainer"] = "worker"
     models: list[str] = Field(default_factory=list)
     replicas: int = Field(1, ge=1, le=64)
     port: int | None = Field(None, ge=1, le=65535, description="first replica's port; later replicas +1")
     concurrency: int = Field(4, ge=1, le=256, description="job-worker: messages worked on at once")
+    stream: StreamSettings | None = None
 
     @model_validator(mode="after")
     def _models_fit_kind(self) -> ServiceSettings:
@@ -61,6 +143,14 @@ class ServiceSettings(_Strict):
             raise ValueError("a worker service needs at least one model")
         if self.kind == "job-worker" and self.models:
             raise ValueError("a job-worker service hosts no models; it calls the model services")
+        if self.kind == "trainer" and self.models:
+            raise ValueError("a trainer service hosts no models; it trains them and registers versions")
+        if self.kind == "stream" and self.models:
+            raise ValueError("a stream service hosts no models; it calls the model services")
+        if self.kind == "stream" and self.stream is None:
+            raise ValueError("a stream service needs a 'stream' section: url, input, output, target")
+        if self.kind != "stream" and self.stream is not None:
+            raise ValueError("'stream' is only for services of kind: stream")
         return self
 
     @field_validator("models")
@@ -84,6 +174,10 @@ class GatewaySettings(_Strict):
     health_interval_s: float = Field(1.0, gt=0)
     health_timeout_s: float = Field(1.0, gt=0)
     failures_to_eject: int = Field(3, ge=1)
+    rollout_poll_s: float = Field(1.0, gt=0, description="how often the registry is read for rollout changes")
+    shadow_max_in_flight: int = Field(
+        64, ge=1, le=10_000, description="shadow copies running at once; more are dropped and counted"
+    )
 
 
 class WorkerSettings(_Strict):
@@ -148,6 +242,28 @@ class PipelineSettings(_Strict):
     )
 
 
+class TrainingSettings(_Strict):
+    """Training jobs: the broker queue trainer services take them from, and the registry polling."""
+
+    queue: str = Field("training", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    visibility_timeout_s: float = Field(
+        600.0, gt=0, description="a silent trainer's job is redone after this"
+    )
+    registry_poll_s: float = Field(1.0, gt=0, description="how often workers look for moved aliases")
+    seed: int = 42
+
+
+class LakeSettings(_Strict):
+    """Where datasets, captures and model artifacts are kept.
+
+    ``root`` is a local folder or any fsspec URL (``s3://bucket/lake`` needs s3fs); empty means
+    ``<data_dir>/lake``. ``storage_options`` go to the fsspec filesystem (endpoint, credentials).
+    """
+
+    root: str = ""
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
 class Settings(_Strict):
     """Everything a modelfleet process needs to know, validated as a whole."""
 
@@ -159,6 +275,8 @@ class Settings(_Strict):
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)  # type: ignore[arg-type]
     broker: BrokerSettings = Field(default_factory=BrokerSettings)  # type: ignore[arg-type]
     jobs: JobSettings = Field(default_factory=JobSettings)  # type: ignore[arg-type]
+    lake: LakeSettings = Field(default_factory=LakeSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)  # type: ignore[arg-type]
     models: dict[str, ModelSettings] = Field(min_length=1)
     services: dict[str, ServiceSettings] = Field(min_length=1)
     pipelines: dict[str, PipelineSettings] = Field(default_factory=dict)
@@ -208,6 +326,22 @@ class Settings(_Strict):
                         f"already taken by {ports[port]}"
                     )
                 ports[port] = f"services.{service_name}"
+        for service_name, service in self.services.items():
+            stream = service.stream
+            if stream is None:
+                continue
+            if stream.model is not None and stream.model not in hosted:
+                known = ", ".join(sorted(hosted)) or "none"
+                raise ValueError(
+                    f"services.{service_name}.stream.model: {stream.model!r} is not a model hosted by "
+                    f"any service (hosted: {known})"
+                )
+            if stream.pipeline is not None and stream.pipeline not in self.pipelines:
+                known = ", ".join(sorted(self.pipelines)) or "none"
+                raise ValueError(
+                    f"services.{service_name}.stream.pipeline: unknown pipeline {stream.pipeline!r} "
+                    f"(known: {known})"
+                )
         if self.pipelines:
             # Imported here: the pipeline room builds on settings, not the other way round.
             from modelfleet.pipeline.spec import compile_pipelines

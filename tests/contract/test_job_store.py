@@ -26,6 +26,7 @@ from modelfleet.store import (
     make_run_store,
 )
 from modelfleet.store.engine import connect_store_engine, parse_store_url
+from modelfleet.store.jobs import BatchSpec
 from modelfleet.store.migrations import MIGRATIONS, applied_migrations, migrate
 from modelfleet.store.schema import schema_migrations
 
@@ -624,3 +625,191 @@ def test_stores_opening_a_new_database_at_once_migrate_it_once(store_url: str) -
             return await applied_migrations(engine)
 
     assert run(body()) == [m.version for m in MIGRATIONS]
+
+
+def test_jobs_created_together_read_back_together(store_url: str) -> None:
+    first = a_job("one", total=2)
+    jobs = [first, a_job("two", total=3), replace(first, target="a repeat: the first wins"), a_job("three")]
+
+    async def body() -> tuple[dict[str, Job], dict[str, Job], Job]:
+        async with opened(store_url) as store:
+            await store.create_jobs(jobs)
+            await store.create_jobs([])
+            found = await store.find_jobs(["one", "two", "three", "unknown", "one", "nul\x00"])
+            return found, await store.find_jobs([]), await store.get_job("one")
+
+    found, nothing, one = run(body())
+
+    assert set(found) == {"one", "two", "three"}
+    assert found["two"] == jobs[1]
+    assert one == first
+    assert nothing == {}
+
+
+def test_creating_jobs_together_stores_all_or_none(store_url: str) -> None:
+    async def body() -> dict[str, Job]:
+        async with opened(store_url) as store:
+            with pytest.raises(JobRejected, match="NUL"):
+                await store.create_jobs([a_job("fine"), a_job("bad", callback_url="http://x/\x00")])
+            return await store.find_jobs(["fine", "bad"])
+
+    assert run(body()) == {}
+
+
+def test_start_jobs_starts_only_the_pending_ones(store_url: str) -> None:
+    async def body() -> dict[str, Job]:
+        async with opened(store_url) as store:
+            await store.create_jobs([a_job("pending"), a_job("canceled"), a_job("done", total=1)])
+            await store.cancel_job("canceled")
+            await store.save_results("done", [ok(0)])
+            await store.start_jobs(["pending", "canceled", "done", "unknown", "nul\x00"])
+            await store.start_jobs([])
+            return await store.find_jobs(["pending", "canceled", "done"])
+
+    jobs = run(body())
+
+    assert jobs["pending"].status == "in_progress"
+    assert jobs["pending"].updated_at > T0
+    assert jobs["canceled"].status == "canceled"
+    assert jobs["done"].status == "completed"
+
+
+def test_results_of_several_jobs_are_saved_in_one_transaction(store_url: str) -> None:
+    async def body() -> tuple[dict[str, Job], dict[str, Job], list[JobResult], list[JobResult]]:
+        async with opened(store_url) as store:
+            await store.create_jobs([a_job("a", total=2), a_job("b", total=3)])
+            first = await store.save_results_of_jobs({"a": [ok(0), ok(1)], "b": [ok(2), error(0)]})
+            # A bad position or an unknown job in the group: nothing of the group is stored
+            with pytest.raises(ValueError, match=r"positions must be 0\.\.1"):
+                await store.save_results_of_jobs({"b": [ok(1)], "a": [ok(5)]})
+            with pytest.raises(JobNotFound):
+                await store.save_results_of_jobs({"b": [ok(1)], "unknown": [ok(0)]})
+            # A redelivered group adds only what is new
+            again = await store.save_results_of_jobs({"a": [error(0), error(1)], "b": [ok(0), ok(1)]})
+            return first, again, await store.results("a"), await store.results("b")
+
+    first, again, results_a, results_b = run(body())
+
+    assert (first["a"].status, first["a"].done, first["a"].failed) == ("completed", 2, 0)
+    assert (first["b"].status, first["b"].done, first["b"].failed) == ("in_progress", 2, 1)
+    assert again["a"] == first["a"]  # nothing new: untouched
+    assert (again["b"].status, again["b"].done, again["b"].failed) == ("failed", 3, 1)
+    assert results_a == [ok(0), ok(1)]
+    assert results_b == [error(0), ok(1), ok(2)]
+
+
+def test_groups_saved_at_once_in_opposite_orders_are_all_counted(store_url: str) -> None:
+    # Given workers saving groups that share jobs, listing them in opposite orders (on PostgreSQL the
+    # job rows are locked in one order whatever the group's, so no two saves deadlock)
+    ids = [f"job-{n}" for n in range(6)]
+
+    async def body() -> dict[str, Job]:
+        async with opened(store_url) as a, opened(store_url) as b:
+            await a.create_jobs([a_job(job_id, total=40) for job_id in ids])
+            saves = []
+            for n in range(20):
+                order = ids if n % 2 else list(reversed(ids))
+                store = a if n % 2 else b
+                saves.append(
+                    store.save_results_of_jobs({job_id: [ok(2 * n), ok(2 * n + 1)] for job_id in order})
+                )
+            await asyncio.gather(*saves)
+            return await a.find_jobs(ids)
+
+    jobs = run(body())
+
+    assert {(j.done, j.status) for j in jobs.values()} == {(40, "completed")}
+
+
+def a_batch(job_id: str = "batch-1", **changes: Any) -> Job:
+    spec = BatchSpec("/data/in.jsonl", "/data/out.csv", "jsonl", 256, 4)
+    return replace(a_job(job_id), target_kind="model", target="sentiment", total=None, batch=spec, **changes)
+
+
+def test_a_batch_job_reads_back_and_keeps_no_results_of_its_own(store_url: str) -> None:
+    async def body() -> tuple[Job, list[JobResult], Job]:
+        async with opened(store_url) as store:
+            await store.create_job(a_batch())
+            # An inputs job created again under a batch's id, and a batch under an inputs job's id,
+            # change nothing
+            await store.create_job(a_job("plain"))
+            await store.create_jobs([a_batch("plain"), replace(a_job("batch-1"), total=3)])
+            with pytest.raises(ValueError, match="is a batch job"):
+                await store.save_results("batch-1", [ok(0)])
+            return (
+                await store.get_job("batch-1"),
+                await store.results("batch-1"),
+                await store.get_job("plain"),
+            )
+
+    got, results, plain = run(body())
+
+    assert got == a_batch()
+    assert (got.total, got.progress) == (None, None)
+    assert got.to_dict()["batch"] == {
+        "input_file": "/data/in.jsonl",
+        "output_file": "/data/out.csv",
+        "format": "jsonl",
+        "chunk_size": 256,
+        "concurrency": 4,
+    }
+    assert "summary" not in got.to_dict()
+    assert results == []
+    assert plain == a_job("plain")
+
+
+def test_a_batch_job_counts_rows_forward_only_then_finishes(store_url: str) -> None:
+    async def body() -> list[Job]:
+        async with opened(store_url) as store:
+            await store.create_job(a_batch())
+            steps = [
+                await store.batch_progress("batch-1", 0, 0),
+                await store.batch_progress("batch-1", 512, 3),
+                await store.batch_progress("batch-1", 256, 0, total=1000),  # a resumed run recounting
+                await store.batch_progress("batch-1", 768, 4),
+            ]
+            with pytest.raises(ValueError, match="more than 500"):
+                await store.batch_progress("batch-1", 0, 0, total=500)
+            with pytest.raises(ValueError, match="failed <= done"):
+                await store.batch_progress("batch-1", 1, 2)
+            steps.append(await store.finish_batch("batch-1", 1000, 4))
+            steps.append(await store.batch_progress("batch-1", 1000, 0))  # too late: finished
+            return steps
+
+    started, half, counted, more, finished, after = run(body())
+
+    assert (started.status, started.done, started.total) == ("in_progress", 0, None)
+    assert (half.done, half.failed, half.total, half.progress) == (512, 3, None, None)
+    assert (counted.done, counted.failed, counted.total, counted.progress) == (512, 3, 1000, 0.512)
+    assert (more.done, more.failed) == (768, 4)
+    assert (finished.status, finished.total, finished.done, finished.failed) == ("failed", 1000, 1000, 4)
+    assert finished.finished_at is not None
+    assert finished.to_dict()["summary"] == {"rows": 1000, "failed_rows": 4, "output_file": "/data/out.csv"}
+    assert after == finished
+
+
+def test_a_canceled_batch_job_stays_canceled(store_url: str) -> None:
+    async def body() -> tuple[Job, Job, Job, Job]:
+        async with opened(store_url) as store:
+            await store.create_jobs([a_batch(), a_batch("empty")])
+            await store.batch_progress("batch-1", 10, 0)
+            canceled = await store.cancel_job("batch-1")
+            empty = await store.finish_batch("empty", 0, 0)
+            await store.create_job(a_job("inputs"))
+            with pytest.raises(ValueError, match="not a batch job"):
+                await store.finish_batch("inputs", 1, 0)
+            with pytest.raises(JobNotFound):
+                await store.batch_progress("unknown", 0, 0)
+            return (
+                canceled,
+                await store.batch_progress("batch-1", 20, 0),
+                await store.finish_batch("batch-1", 30, 0),
+                empty,
+            )
+
+    canceled, progressed, finished, empty = run(body())
+
+    assert (canceled.status, canceled.done) == ("canceled", 10)
+    assert progressed == canceled
+    assert finished == canceled
+    assert (empty.status, empty.total, empty.progress) == ("completed", 0, 1.0)

@@ -22,6 +22,13 @@ def default_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningF
     # Same fleet, but on free ports and a private run folder; the artifact cache is the project's.
     config["gateway"]["port"] = 0
     config["data_dir"] = str(ROOT / ".modelfleet")
+    # The registry (in the store) and the lake start empty, so intent and spam are trained on start.
+    config["lake"] = {"root": str(directory / "lake")}
+    for model in config["models"].values():
+        bootstrap = (model.get("registry") or {}).get("bootstrap") or {}
+        for field in ("dataset", "test_dataset"):
+            if field in bootstrap:
+                bootstrap[field] = str((ROOT / bootstrap[field]).resolve())
     path: Path = write_config(directory, config)
     running = start_fleet(directory, path, timeout_s=600)
     yield running
@@ -36,8 +43,8 @@ def _cosine(a: list[float], b: list[float]) -> float:
 
 def test_default_fleet_has_two_services_as_configured(default_fleet: RunningFleet) -> None:
     workers = {p["service"]: p for p in default_fleet.status()["processes"] if p["role"] == "worker"}
-    assert workers["light"]["models"] == ["sentiment", "language"]
-    assert workers["embed"]["models"] == ["embedder"]
+    assert workers["light"]["models"] == ["sentiment", "language", "spam"]
+    assert workers["embed"]["models"] == ["embedder", "intent"]
     assert workers["light"]["pid"] != workers["embed"]["pid"]
 
 
@@ -82,15 +89,36 @@ def test_default_triage_pipeline(default_fleet: RunningFleet) -> None:
     assert english.status == 200, english.body
     result = english.json()
     assert result["output"]["language"] == "en"
+    assert result["output"]["spam"] is False
+    assert result["output"]["intent"] == "declined_card_payment"
     assert result["output"]["sentiment"] == "negative"
-    assert len(result["output"]["embedding"]) == 384
     assert result["skipped"] == {}
+    assert set(result["model_versions"]) == {"language", "spam", "intent", "sentiment"}
     french = call(
         f"{gw}/v1/pipelines/triage", "POST", {"text": "Ma carte ne fonctionne plus depuis hier"}
     ).json()
     assert french["output"]["english"] is False
-    assert set(french["skipped"]) == {"sentiment", "embedding"}
+    assert set(french["skipped"]) == {"spam", "intent", "sentiment"}
+    spam = call(
+        f"{gw}/v1/pipelines/triage",
+        "POST",
+        {"text": "WINNER!! You have won a 1000 pound cash prize. Call 09061701461 now to claim"},
+    ).json()
+    assert spam["output"]["spam"] is True
+    assert set(spam["skipped"]) == {"intent", "sentiment"}
+    assert "spam.label == 'ham'" in spam["skipped"]["intent"]
     assert call(f"{gw}/v1/runs/{result['run_id']}").json()["status"] == "succeeded"
+
+
+def test_built_in_trained_models_meet_their_quality_bars(default_fleet: RunningFleet) -> None:
+    gw = default_fleet.gateway
+    # The alias answers with the whole version it points at: metrics, dataset lineage, params.
+    intent = call(f"{gw}/v1/registry/models/intent/aliases/production").json()["version"]
+    spam = call(f"{gw}/v1/registry/models/spam/aliases/production").json()["version"]
+    assert intent["metrics"]["accuracy"] >= 0.92, intent
+    assert spam["metrics"]["macro_f1"] >= 0.95, spam
+    assert intent["dataset"].startswith("intent-train@")
+    assert intent["params"]["test_dataset"].startswith("intent-test@")
 
 
 def test_default_fleet_runs_jobs(default_fleet: RunningFleet) -> None:

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -260,3 +261,136 @@ def test_a_job_is_answered_through_each_broker(backend: str, fleet_factory: Any)
     job = wait_for_job(running, job_id.json()["job_id"])
     assert job["status"] == "completed"
     assert [r["output"]["label"] for r in job["results"]] == ["positive", "negative", "positive"]
+
+
+# ---------------------------------------------------------------------------------------------- batch jobs
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_a_file_goes_through_a_model_as_a_batch_job(fleet: RunningFleet, tmp_path: Path) -> None:
+    # Given a 5,000-row JSONL file on the fleet's machine, one row of it not JSON
+    moods = ["I love it", "I hate it", "It is a table"]
+    source, target = tmp_path / "reviews.jsonl", tmp_path / "scored.jsonl"
+    _write_jsonl(source, [{"text": f"{moods[i % 3]} #{i}"} for i in range(5000)])
+    lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[1234] = "{not json\n"
+    source.write_text("".join(lines), encoding="utf-8")
+
+    # When it is submitted as a job
+    reply = submit(fleet, {"model": "sentiment", "input_file": str(source), "output_file": str(target)})
+    assert reply.status == 202, reply.body
+    accepted = reply.json()
+    assert accepted["status"] == "pending"
+    assert (accepted["total"], accepted["progress"]) == (None, None)  # not counted yet
+    assert accepted["batch"]["format"] == "jsonl"
+    job = wait_for_job(fleet, accepted["job_id"])
+
+    # Then the output has every row once, in the input's order, and the job sums it up
+    assert job["status"] == "failed", job  # one row could not be read
+    assert (job["total"], job["done"], job["failed"], job["progress"]) == (5000, 5000, 1, 1.0)
+    assert job["summary"] == {"rows": 5000, "failed_rows": 1, "output_file": str(target)}
+    assert (job["results"], job["error"]) == ([], None)
+    rows = _read_jsonl(target)
+    assert [r["row"] for r in rows] == list(range(5000))
+    assert [r["output"]["label"] for r in rows[:3]] == ["positive", "negative", "neutral"]
+    assert "line 1235 is not valid JSON" in rows[1234]["error"]
+    assert all(r["error"] is None and r["output"]["label"] for i, r in enumerate(rows) if i != 1234)
+    assert not (tmp_path / "scored.jsonl.parts").exists()
+
+
+def test_a_bad_batch_job_is_refused_with_the_reason(fleet: RunningFleet, tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    _write_jsonl(source, [{"text": "hi"}])
+    out = str(tmp_path / "out.jsonl")
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"input_file": str(tmp_path / "missing.jsonl"), "output_file": out}, "does not exist"),
+        ({"input_file": "in.jsonl", "output_file": out}, "input_file must be an absolute path"),
+        ({"input_file": str(source), "output_file": "../out.jsonl"}, "output_file must be an absolute path"),
+        ({"input_file": str(source)}, "needs 'output_file'"),
+        ({"input_file": str(source), "output_file": str(tmp_path / "out.txt")}, "cannot tell the format"),
+        ({"input_file": str(source), "output_file": out, "format": "xml"}, "unknown format 'xml'"),
+        ({"input_file": str(source), "output_file": str(source)}, "must not be the input_file"),
+        ({"input_file": str(source), "output_file": str(tmp_path / "no" / "o.csv")}, "does not exist"),
+        ({"input_file": str(source), "output_file": out, "chunk_size": 0}, "chunk_size must be"),
+        ({"input_file": str(source), "output_file": out, "inputs": [{}]}, "takes no inputs"),
+    ]
+    for fields, fragment in cases:
+        reply = submit(fleet, {"model": "sentiment", **fields})
+        assert reply.status == 422, (fields, reply.body)
+        assert fragment in reply.json()["error"], (fields, reply.body)
+
+
+def test_a_batch_job_resumes_after_its_worker_is_killed(fleet: RunningFleet, tmp_path: Path) -> None:
+    # Given a batch slow enough to be caught half-way (40 chunks of 50 rows, 150 ms a chunk)
+    source, target = tmp_path / "slow.jsonl", tmp_path / "slow-out.jsonl"
+    _write_jsonl(source, [{"text": f"row-{i}", "sleep_ms": 150} for i in range(2000)])
+    job_id = submit(
+        fleet,
+        {
+            "model": "sleepy",
+            "input_file": str(source),
+            "output_file": str(target),
+            "chunk_size": 50,
+            "concurrency": 2,
+        },
+    ).json()["job_id"]
+    deadline = time.monotonic() + 30
+    while (seen := call(f"{fleet.gateway}/v1/jobs/{job_id}").json())["done"] < 300:
+        assert time.monotonic() < deadline, "the batch never got going"
+        time.sleep(0.05)
+    assert (seen["total"], seen["status"]) == (2000, "in_progress")
+
+    # When the job worker running it is killed
+    running = [
+        p
+        for p in fleet.replicas("jobs")
+        if call(f"{p['url']}/v1/job-worker").json()["batch_jobs_running"] == 1
+    ]
+    assert len(running) == 1
+    os.kill(running[0]["pid"], signal.SIGKILL)
+
+    # Then the batch is taken up again and finishes, every row exactly once and in order
+    job = wait_for_job(fleet, job_id, timeout_s=90)
+    assert job["status"] == "completed", job
+    assert job["summary"] == {"rows": 2000, "failed_rows": 0, "output_file": str(target)}
+    rows = _read_jsonl(target)
+    assert [r["row"] for r in rows] == list(range(2000))
+    assert [r["output"]["text"] for r in rows] == [f"row-{i}" for i in range(2000)]
+
+
+def test_a_batch_job_can_be_cancelled_between_chunks(fleet: RunningFleet, tmp_path: Path) -> None:
+    source, target = tmp_path / "long.jsonl", tmp_path / "long-out.jsonl"
+    _write_jsonl(source, [{"text": f"row-{i}", "sleep_ms": 200} for i in range(400)])
+    job_id = submit(
+        fleet,
+        {
+            "model": "sleepy",
+            "input_file": str(source),
+            "output_file": str(target),
+            "chunk_size": 10,
+            "concurrency": 1,
+        },
+    ).json()["job_id"]
+    deadline = time.monotonic() + 30
+    while call(f"{fleet.gateway}/v1/jobs/{job_id}").json()["done"] < 20:
+        assert time.monotonic() < deadline, "the batch never got going"
+        time.sleep(0.05)
+    assert call(f"{fleet.gateway}/v1/jobs/{job_id}", "DELETE").json()["status"] == "canceled"
+    # The worker stops at its next chunk: within a second the batch is off every worker
+    deadline = time.monotonic() + 10
+    while any(call(f"{p['url']}/v1/job-worker").json()["batch_jobs_running"] for p in fleet.replicas("jobs")):
+        assert time.monotonic() < deadline, "the canceled batch kept running"
+        time.sleep(0.1)
+    job = call(f"{fleet.gateway}/v1/jobs/{job_id}").json()
+    assert job["status"] == "canceled"
+    assert job["done"] < 400
+    assert "summary" not in job
+    assert not target.exists()
+    assert (tmp_path / "long-out.jsonl.parts").is_dir()  # kept: the same batch submitted again resumes

@@ -18,10 +18,16 @@ def _error(data: dict[str, object], env: dict[str, str] | None = None) -> str:
 
 def test_the_shipped_default_fleet_is_valid() -> None:
     settings = load_settings(Path(__file__).parents[2] / "fleet.yaml")
-    assert set(settings.services) == {"light", "embed", "jobs"}
+    assert set(settings.services) == {"light", "embed", "jobs", "train"}
     assert settings.services["jobs"].kind == "job-worker"
-    assert settings.services["embed"].models == ["embedder"]
+    assert settings.services["train"].kind == "trainer"
+    assert settings.services["embed"].models == ["embedder", "intent"]
     assert settings.service_of("sentiment") == "light"
+    for model in ("intent", "spam"):
+        source = settings.models[model].registry
+        assert source is not None
+        assert source.alias == "production"
+        assert source.bootstrap is not None
 
 
 def test_error_names_the_field_and_the_reason() -> None:

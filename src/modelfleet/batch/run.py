@@ -300,13 +300,18 @@ def run_batch(
     restart: bool = False,
     max_chunks: int | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    on_rows: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> BatchSummary:
     """Run every row of `input_path` through `target` and write `output_path` in the input's order.
 
     `max_chunks` stops after sending that many chunks (the parts stay, as after an interrupt);
-    `on_chunk(index)` is called after each part is saved. Raises BatchConfigError (a ConfigError) for
-    a bad target, format or file, parts of a different batch (unless `restart`), or an unreachable
-    gateway; a KeyboardInterrupt propagates after the chunks in flight are saved.
+    `on_chunk(index)` is called after each part is saved. For a caller that reports progress (a batch
+    job), `on_rows(rows, failed_rows)` is called, from any thread, after each chunk is saved or found
+    saved by an earlier run, with that chunk's rows; `should_stop()` is asked before each chunk is
+    sent, and when it answers True the batch stops as with `max_chunks`. Raises BatchConfigError (a
+    ConfigError) for a bad target, format or file, parts of a different batch (unless `restart`), or
+    an unreachable gateway; a KeyboardInterrupt propagates after the chunks in flight are saved.
     """
     if chunk_size < 1 or concurrency < 1:
         raise BatchConfigError("--chunk-size and --concurrency must be at least 1")
@@ -330,6 +335,8 @@ def run_batch(
         write_part(parts.part(index), results)
         if on_chunk is not None:
             on_chunk(index)
+        if on_rows is not None:
+            on_rows(len(rows), sum(1 for r in results if r.error is not None))
         return len(rows)
 
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="batch")
@@ -350,7 +357,12 @@ def run_batch(
             if parts.done(index):
                 summary.skipped_chunks += 1
                 bar.advance(len(rows))
+                if on_rows is not None:
+                    on_rows(len(rows), sum(1 for r in read_part(parts.part(index)) if r.error is not None))
                 continue
+            if should_stop is not None and should_stop():
+                summary.complete = False
+                break
             if max_chunks is not None and sent >= max_chunks:
                 summary.complete = False
                 continue

@@ -14,6 +14,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from modelfleet.cli.lake import add_lake_commands
+from modelfleet.cli.registry import add_registry_commands
+from modelfleet.cli.rollout import add_rollout_commands
+from modelfleet.cli.train import add_train_commands
 from modelfleet.errors import ConfigError
 from modelfleet.plan import FleetPlan
 from modelfleet.settings import Settings, load_settings
@@ -45,6 +49,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         for service, endpoints in plan.services.items():
             models = ", ".join(m for m, s in plan.models.items() if s == service)
             print(f"  service {service}: {len(endpoints)} replica(s) [{models}]", flush=True)
+        for service, endpoints in plan.streams.items():
+            print(f"  stream {service}: {len(endpoints)} replica(s)", flush=True)
         print(f"logs in {supervisor.log_dir}; stop with Ctrl-C or 'modelfleet down'", flush=True)
 
     supervisor.run(on_ready=ready)
@@ -295,6 +301,16 @@ def cmd_job_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    """Run one stream replica (the supervisor starts these for services of kind stream)."""
+    from modelfleet.stream.main import serve_stream
+
+    settings = _settings(args)
+    _setup_logging(settings.log_level)
+    serve_stream(settings, FleetPlan.read(Path(args.plan)), args.service, args.port, args.replica)
+    return 0
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     """Run the gateway for a fleet plan written by the supervisor."""
     from modelfleet.gateway.main import serve_gateway
@@ -367,8 +383,21 @@ def build_parser() -> argparse.ArgumentParser:
     job_worker.add_argument("--service", required=True)
     job_worker.add_argument("--port", type=int, required=True)
     job_worker.add_argument("--plan", required=True, help="plan.json written by the supervisor")
+    stream = command("stream", cmd_stream)
+    stream.add_argument("--service", required=True)
+    stream.add_argument("--port", type=int, required=True)
+    stream.add_argument("--plan", required=True, help="plan.json written by the supervisor")
+    stream.add_argument("--replica", type=int, default=0, help="replica number; names its consumer")
     gateway = command("gateway", cmd_gateway)
     gateway.add_argument("--plan", required=True, help="plan.json written by the supervisor")
+    config_parent = argparse.ArgumentParser(add_help=False)
+    config_parent.add_argument(
+        "-c", "--config", default=DEFAULT_CONFIG, help="fleet configuration (default: fleet.yaml)"
+    )
+    add_lake_commands(sub, config_parent)
+    add_registry_commands(sub, config_parent)
+    add_rollout_commands(sub, config_parent)
+    add_train_commands(sub, config_parent, _gateway_url)
     return parser
 
 

@@ -6,6 +6,9 @@
     GET  /v1/fleet                                           services, replicas and their health
     /v1/pipelines..., /v1/runs...                            pipelines and stored runs (gateway/pipelines.py)
     /v1/jobs...                                              asynchronous jobs (jobs/service.py)
+    /v1/registry/...                                         model versions, aliases, rollouts (registry/api)
+    GET  /v1/rollouts                                        live rollouts: resolved versions and counters
+    /v1/training/jobs...                                     training jobs (training/api.py)
     GET  /v2, /v2/health/live, /v2/health/ready, /metrics
 
 The gateway never parses a predict body: it checks size and media type, picks a replica and
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Protocol
 
 import orjson
 
@@ -26,6 +30,13 @@ from modelfleet.errors import DeadlineExceeded, ModelNotFound, UpstreamUnavailab
 from modelfleet.gateway.balancer import ReplicaSet
 from modelfleet.gateway.client import UpstreamError, UpstreamResponse, fetch
 from modelfleet.gateway.pipelines import PipelineService
+from modelfleet.gateway.rollouts import (
+    VERSION_HEADER,
+    ActiveRollout,
+    RolloutRouter,
+    answering_version,
+    version_target,
+)
 from modelfleet.http import (
     HTTPError,
     check_json_content_type,
@@ -40,11 +51,19 @@ from modelfleet.jobs.service import JobService
 from modelfleet.metrics import PROMETHEUS_CONTENT_TYPE, GatewayMetrics
 from modelfleet.pipeline.spec import CompiledPipeline
 from modelfleet.plan import FleetPlan
+from modelfleet.registry.api import RegistryAPI
 from modelfleet.settings import GatewaySettings
 from modelfleet.store.store import RunStore
+from modelfleet.training.api import TrainingAPI
 from modelfleet.types import JSON_CONTENT_TYPE, REQUEST_ID_HEADER, TIMEOUT_HEADER, Receive, Scope, Send
 
 log = logging.getLogger("modelfleet.gateway")
+
+
+class MountedAPI(Protocol):
+    """A room's HTTP API served under /v1/<room>/: it gets the method, the rest of the path and the body."""
+
+    async def handle(self, method: str, parts: list[str], query: bytes, body: bytes) -> tuple[int, bytes]: ...
 
 
 class GatewayApp:
@@ -57,11 +76,26 @@ class GatewayApp:
         pipelines: dict[str, CompiledPipeline] | None = None,
         store: RunStore | None = None,
         jobs: JobService | None = None,
+        registry: RegistryAPI | None = None,
+        training: TrainingAPI | None = None,
     ) -> None:
         self.plan = plan
         self.jobs = jobs
+        self.registry = registry
+        self.training = training
         self.settings = settings
         self.metrics = GatewayMetrics()
+        # Routing by rollout shares the registry API's registry (opened and closed by the API).
+        self.rollouts = (
+            RolloutRouter(
+                registry.registry,
+                self.metrics,
+                poll_s=settings.rollout_poll_s,
+                shadow_max_in_flight=settings.shadow_max_in_flight,
+            )
+            if registry is not None
+            else None
+        )
         self.services = {
             name: ReplicaSet(name, endpoints, settings, self.metrics)
             for name, endpoints in plan.services.items()
@@ -74,6 +108,12 @@ class GatewayApp:
         await self.pipelines.start()
         if self.jobs is not None:
             await self.jobs.start()
+        if self.registry is not None:
+            await self.registry.start()
+        if self.rollouts is not None:
+            await self.rollouts.start()
+        if self.training is not None:
+            await self.training.start()
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
 
     async def stop(self) -> None:
@@ -84,6 +124,12 @@ class GatewayApp:
         await self.pipelines.stop()
         if self.jobs is not None:
             await self.jobs.stop()
+        if self.training is not None:
+            await self.training.stop()
+        if self.rollouts is not None:
+            await self.rollouts.stop()
+        if self.registry is not None:
+            await self.registry.stop()
         for replica_set in self.services.values():
             replica_set.close()
 
@@ -110,9 +156,19 @@ class GatewayApp:
         n = len(parts)
         head = parts[0]
         if n >= 3 and parts[1] == "models" and head in ("v1", "v2"):
-            return await self._proxy(scope, receive, send, rid, self._service_of(parts[2]))
+            service = self._service_of(parts[2])
+            # Only an unversioned predict/infer follows a rollout; explicit version paths pass through.
+            if n == 4 and method == "POST" and self.rollouts is not None:
+                rollout = self.rollouts.find(parts[2])
+                if rollout is not None and parts[3] == ("predict" if head == "v1" else "infer"):
+                    return await self._proxy_routed(scope, receive, send, rid, service, rollout, head)
+            return await self._proxy(scope, receive, send, rid, service)
         if head == "v1" and n in (2, 3) and parts[1] == "jobs" and self.jobs is not None:
             return await self._jobs(scope, receive, send, rid, parts, method)
+        if head == "v1" and n >= 2 and parts[1] == "registry" and self.registry is not None:
+            return await self._mounted(self.registry, scope, receive, send, rid, parts, method)
+        if head == "v1" and n >= 2 and parts[1] == "training" and self.training is not None:
+            return await self._mounted(self.training, scope, receive, send, rid, parts, method)
         if head == "v1" and n in (2, 3) and parts[1] in ("pipelines", "runs"):
             return await self._pipelines(scope, receive, send, rid, parts, method)
         if head == "v1" and n == 2 and method in ("GET", "HEAD"):
@@ -120,6 +176,11 @@ class GatewayApp:
                 return await respond(send, 200, orjson.dumps({"models": await self._all_models()}), rid)
             if parts[1] == "fleet":
                 return await respond(send, 200, orjson.dumps(self.describe()), rid)
+            if parts[1] == "rollouts":
+                if self.rollouts is None:
+                    raise HTTPError(404, "rollouts need the model registry; this gateway runs without one")
+                answer = self.rollouts.describe(served=self.model_service)
+                return await respond(send, 200, orjson.dumps(answer), rid)
         if head == "v2" and method in ("GET", "HEAD"):
             if n == 1:
                 meta = {"name": "modelfleet-gateway", "version": __version__, "extensions": []}
@@ -151,6 +212,23 @@ class GatewayApp:
         if method == "DELETE":
             return await respond(send, 200, await self.jobs.cancel(parts[2]), rid)
         raise HTTPError(405, f"method {method} not allowed here; use GET or DELETE")
+
+    async def _mounted(
+        self,
+        api: MountedAPI,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        rid: bytes,
+        parts: list[str],
+        method: str,
+    ) -> None:
+        body = b""
+        if method in ("PUT", "POST"):
+            check_json_content_type(scope)
+            body = await read_body(scope, receive, self.settings.body_limit_bytes)
+        status, answer = await api.handle(method, parts[2:], scope["query_string"], body)
+        return await respond(send, status, answer, rid)
 
     async def _pipelines(
         self, scope: Scope, receive: Receive, send: Send, rid: bytes, parts: list[str], method: str
@@ -233,6 +311,62 @@ class GatewayApp:
             raise
         finally:
             self.metrics.observe(service, code, time.perf_counter() - started)
+
+    async def _proxy_routed(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        rid: bytes,
+        service: str,
+        rollout: ActiveRollout,
+        api: str,
+    ) -> None:
+        """A predict call of a model under a rollout: sent to the version the rollout picks, counted
+        per version, and copied to the shadow once the client has its answer."""
+        assert self.rollouts is not None
+        started = time.perf_counter()
+        code = 500
+        model = rollout.model
+        version = self.rollouts.route(rollout, scope["headers"])
+        answered_by = version
+        try:
+            check_json_content_type(scope)
+            body = await read_body(scope, receive, self.settings.body_limit_bytes)
+            timeout_s = self._timeout_s(scope)
+            deadline = time.monotonic() + timeout_s
+            query = b"?" + scope["query_string"] if scope["query_string"] else b""
+            target = version_target(api, model, version) + query
+            response = await self.forward(service, b"POST", target, body, rid, timeout_s)
+            if response.status == 404:
+                # The replica has not loaded that version (yet): the alias's version answers instead.
+                self.rollouts.record_fallback(model, version)
+                unversioned = f"/{api}/models/{model}/{'predict' if api == 'v1' else 'infer'}".encode()
+                remaining_s = max(0.001, deadline - time.monotonic())
+                response = await self.forward(service, b"POST", unversioned + query, body, rid, remaining_s)
+                answered_by = answering_version(response.body) or "unknown"
+            code = response.status
+            ctype = response.header(b"content-type") or JSON_CONTENT_TYPE
+            headers = [(VERSION_HEADER, answered_by.encode())]
+            await respond(send, code, response.body, rid, content_type=ctype, extra_headers=headers)
+        except BaseException as err:
+            code = status_of(err)
+            raise
+        finally:
+            self.metrics.observe(service, code, time.perf_counter() - started)
+            self.rollouts.record(model, answered_by, code)
+        shadow = rollout.shadow_version
+        # A failed primary leaves nothing to compare with; a shadow equal to the primary tells nothing.
+        if shadow is not None and shadow != answered_by and 200 <= code < 300:
+            shadow_target = version_target(api, model, shadow) + query
+
+            async def copy() -> tuple[int, bytes]:
+                answer = await self.forward(
+                    service, b"POST", shadow_target, body, rid + b":shadow", timeout_s
+                )
+                return answer.status, answer.body
+
+            self.rollouts.mirror(model, shadow, answered_by, response.body, copy, rid)
 
     async def forward(
         self, service: str, method: bytes, target: bytes, body: bytes, rid: bytes, timeout_s: float

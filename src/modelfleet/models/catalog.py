@@ -19,6 +19,7 @@ BUILTIN_CLASSES: dict[str, str] = {
     "vader-sentiment": "modelfleet.models.builtin.sentiment:VaderSentiment",
     "fasttext-language": "modelfleet.models.builtin.language:FastTextLanguage",
     "minilm-embedder": "modelfleet.models.builtin.embedder:MiniLMEmbedder",
+    "trained-classifier": "modelfleet.models.builtin.classifier:TrainedClassifier",
 }
 
 _EXTRA_HINT = {
@@ -79,7 +80,9 @@ def build_service_runners(settings: Settings, service: str) -> dict[str, ModelRu
         raise ConfigError(
             f"services: no service named {service!r} (known: {', '.join(sorted(settings.services))})"
         )
+    # Registry-backed models are built from their versions' artifacts by the worker's follower.
     return {
         model: build_runner(model, settings.models[model], settings.data_dir)
         for model in settings.services[service].models
+        if settings.models[model].registry is None
     }

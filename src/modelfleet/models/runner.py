@@ -50,6 +50,8 @@ class ModelRunner:
         self.output_one: TypeAdapter[Any] = TypeAdapter(self.output_type)
         self.output_many: TypeAdapter[Any] = TypeAdapter(list[self.output_type])  # type: ignore[name-defined]
         self.ready = False
+        # Calls under way: a retired version (its alias moved on) is closed only once this is 0.
+        self.in_flight = 0
         # Called with the size of every predict call; the worker points it at its metrics.
         self.on_batch: Callable[[int], None] | None = None
         self._is_async = inspect.iscoroutinefunction(model.predict)
@@ -81,14 +83,18 @@ class ModelRunner:
 
         Raises PredictionFailed when the model raises.
         """
-        if self._batcher is not None:
-            try:
-                return await self._batcher.submit(inputs)
-            except PredictionFailed:
-                raise
-            except Exception as exc:
-                raise PredictionFailed(f"model {self.name!r} failed: {exc}") from exc
-        return await self._call_model(inputs)
+        self.in_flight += 1
+        try:
+            if self._batcher is not None:
+                try:
+                    return await self._batcher.submit(inputs)
+                except PredictionFailed:
+                    raise
+                except Exception as exc:
+                    raise PredictionFailed(f"model {self.name!r} failed: {exc}") from exc
+            return await self._call_model(inputs)
+        finally:
+            self.in_flight -= 1
 
     async def _call_model(self, inputs: list[BaseModel]) -> list[BaseModel]:
         if self.on_batch is not None:

@@ -1,49 +1,110 @@
-"""The job store on SQLite or PostgreSQL: one SQLAlchemy Core implementation for both."""
+"""The job store on SQLite or PostgreSQL: one SQLAlchemy Core implementation for both.
+
+Every operation is one function of a blocking SQLAlchemy ``Connection``, run as one transaction.
+On SQLite it runs whole on the store's own thread through the blocking pysqlite driver: one
+hand-off per transaction, where the async driver pays an event-loop round trip for every
+statement, BEGIN and COMMIT (the same reason as in ``store/sql.py``). On PostgreSQL the same
+function runs through asyncpg with ``AsyncConnection.run_sync``. The hot paths take many jobs at
+once (``create_jobs``, ``find_jobs``, ``save_results_of_jobs``), so a gateway or a job worker under
+load pays for a few statements per batch of jobs, not per job.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import asyncio
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Insert, Row, select, update
+from sqlalchemy import BindParameter, Insert, Row, Update, and_, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection, Engine
 
-from modelfleet.store.engine import Backend, write_transaction
+from modelfleet.store.engine import (
+    Backend,
+    create_sync_sqlite_engine,
+    sync_write_transaction,
+    write_transaction,
+)
 from modelfleet.store.errors import JobNotFound, JobRejected
-from modelfleet.store.jobs import MAX_RESULTS_LIMIT, TERMINAL, Job, JobResult, JobStatus, TargetKind
+from modelfleet.store.jobs import (
+    MAX_RESULTS_LIMIT,
+    TERMINAL,
+    BatchSpec,
+    Job,
+    JobResult,
+    JobStatus,
+    TargetKind,
+)
 from modelfleet.store.lifecycle import StoreEngine
 from modelfleet.store.schema import job_results, jobs
 from modelfleet.store.translation import printable, translated
 
+T = TypeVar("T")
+_JobRow = Row[*tuple[Any, ...]]  # a row of the jobs table with its batch description
+
 _ACTIVE = ("pending", "in_progress")
+
+# A batch job's description has no column of its own in the jobs table (which predates batch jobs):
+# it is kept as the job's result row at this position, which no input can have. ``results`` and
+# the counts never see it. A batch whose rows are not counted yet stores this total.
+BATCH_SPEC_POSITION = -1
+UNKNOWN_TOTAL = -1
 
 
 class SqlJobStore:
     """Asynchronous jobs and their results in SQLite (``sqlite:///path``) or PostgreSQL (``postgresql://...``).
 
     Shares the database, schema migrations and locking with :class:`~modelfleet.store.sql.SqlRunStore`
-    but has its own engine. Saves of results to one job are serialised by a lock on the job's
-    row (SQLite's write lock on SQLite), so each save sees which positions earlier saves stored.
+    but has its own engine. Saves of results to a job are serialised by a lock on the job's row
+    (SQLite's write lock on SQLite), so each save sees which positions earlier saves stored.
     ``busy_timeout_ms`` is how long a SQLite writer waits for another's lock. Raises ConfigError
     for a URL it cannot use.
     """
 
     def __init__(self, url: str, *, busy_timeout_ms: int = 10_000) -> None:
         self._engine = StoreEngine(url, busy_timeout_ms, "job store", JobRejected)
-        self._insert_job: Insert
-        self._insert_results: Insert
-        if self._engine.backend == "sqlite":
-            self._insert_job = sqlite.insert(jobs).on_conflict_do_nothing(index_elements=[jobs.c.id])
-            self._insert_results = sqlite.insert(job_results).on_conflict_do_nothing(
-                index_elements=[job_results.c.job_id, job_results.c.position]
+        self._busy_timeout_ms = busy_timeout_ms
+        self._sync_engine: Engine | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        dialect: Any = sqlite if self._engine.backend == "sqlite" else postgresql
+        self._insert_new_jobs: Insert = dialect.insert(jobs).on_conflict_do_nothing(
+            index_elements=[jobs.c.id]
+        )
+        self._insert_jobs = self._insert_new_jobs.returning(jobs.c.id)
+        self._insert_results: Insert = (
+            dialect.insert(job_results)
+            .on_conflict_do_nothing(index_elements=[job_results.c.job_id, job_results.c.position])
+            .returning(job_results.c.job_id, job_results.c.position)
+        )
+        spec = job_results.alias("batch_spec")
+        self._select_jobs = select(*jobs.c, spec.c.output.label("batch_spec")).select_from(
+            jobs.outerjoin(spec, and_(spec.c.job_id == jobs.c.id, spec.c.position == BATCH_SPEC_POSITION))
+        )
+        # Built once: a statement object memoizes its cache key, so executing it again skips that work.
+        ids: BindParameter[Any] = bindparam("ids", expanding=True)
+        self._find_jobs = self._select_jobs.where(jobs.c.id.in_(ids))
+        self._statuses = select(jobs.c.id, jobs.c.status).where(jobs.c.id.in_(ids))
+        self._lock_jobs = (
+            self._select_jobs.where(jobs.c.id.in_(ids)).order_by(jobs.c.id).with_for_update(of=jobs)
+        )
+        self._start_jobs = (
+            update(jobs)
+            .where(jobs.c.id.in_(ids), jobs.c.status == "pending")
+            .values(status="in_progress", updated_at=bindparam("now"))
+        )
+        self._update_counts: Update = (
+            update(jobs)
+            .where(jobs.c.id.in_(ids))
+            .values(
+                done=bindparam("b_done"),
+                failed=bindparam("b_failed"),
+                status=bindparam("b_status"),
+                finished_at=bindparam("b_finished_at"),
+                updated_at=bindparam("b_updated_at"),
             )
-        else:
-            self._insert_job = postgresql.insert(jobs).on_conflict_do_nothing(index_elements=[jobs.c.id])
-            self._insert_results = postgresql.insert(job_results).on_conflict_do_nothing(
-                index_elements=[job_results.c.job_id, job_results.c.position]
-            )
+        )
 
     @property
     def backend(self) -> Backend:
@@ -51,25 +112,91 @@ class SqlJobStore:
 
     async def open(self) -> None:
         await self._engine.open()
+        if self._engine.backend == "sqlite" and self._sync_engine is None:
+            self._sync_engine = create_sync_sqlite_engine(
+                self._engine.url, busy_timeout_ms=self._busy_timeout_ms
+            )
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="modelfleet-job-store")
 
     async def close(self) -> None:
+        sync_engine, self._sync_engine = self._sync_engine, None
+        thread, self._thread = self._thread, None
+        if sync_engine is not None and thread is not None:
+            # Disposed on its own thread: sqlite3 connections may only be closed where they were made.
+            await asyncio.get_running_loop().run_in_executor(thread, sync_engine.dispose)
+            thread.shutdown(wait=True)
         await self._engine.close()
 
+    async def _run(self, action: str, body: Callable[[Connection], T], *, write: bool) -> T:
+        """Run ``body`` in one transaction (a write transaction when ``write``); errors translated."""
+        engine = self._engine.get()  # StoreError when not open
+        sync_engine, thread = self._sync_engine, self._thread
+        with translated(action, JobRejected):
+            if sync_engine is not None and thread is not None:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(thread, _blocking, sync_engine, body, write)
+            if write:
+                async with write_transaction(engine) as connection:
+                    return await connection.run_sync(body)
+            async with engine.connect() as connection:
+                return await connection.run_sync(body)
+
+    # ------------------------------------------------------------------------------------ creating
+
     async def create_job(self, job: Job) -> None:
-        engine = self._open_engine()
-        row = _job_row(job)
-        with translated(f"creating job {job.id!r}", JobRejected):
-            async with write_transaction(engine) as connection:
-                await connection.execute(self._insert_job, row)
+        await self.create_jobs([job])
+
+    async def create_jobs(self, jobs_: Sequence[Job]) -> None:
+        if not jobs_:
+            return
+        unique = {job.id: job for job in reversed(jobs_)}  # the first of a repeated id wins
+        rows = [_job_row(job) for job in unique.values()]
+        specs = {job.id: job.batch.to_dict() for job in unique.values() if job.batch is not None}
+
+        def body(connection: Connection) -> None:
+            if not specs:
+                # A plain executemany: the ids inserted matter only for batch descriptions.
+                connection.execute(self._insert_new_jobs, rows)
+                return
+            inserted = set(connection.execute(self._insert_jobs, rows).scalars())
+            # Only a job inserted now gets its description: a stored job with this id keeps its own.
+            described = [
+                {"job_id": job_id, "position": BATCH_SPEC_POSITION, "output": spec, "error": None}
+                for job_id, spec in specs.items()
+                if job_id in inserted
+            ]
+            if described:
+                connection.execute(self._insert_results, described)
+
+        label = f"job {rows[0]['id']!r}" if len(rows) == 1 else f"{len(rows)} jobs"
+        await self._run(f"creating {label}", body, write=True)
+
+    # ------------------------------------------------------------------------------------ reading
 
     async def find_job(self, job_id: str) -> Job | None:
-        engine = self._open_engine()
-        if not _storable(job_id):
-            return None
-        with translated("reading a job", JobRejected):
-            async with engine.connect() as connection:
-                row = await _job_of(connection, job_id)
-        return _job_from(row) if row is not None else None
+        return (await self.find_jobs([job_id])).get(job_id)
+
+    async def find_jobs(self, job_ids: Collection[str]) -> dict[str, Job]:
+        self._engine.get()
+        wanted = [job_id for job_id in dict.fromkeys(job_ids) if _storable(job_id)]
+        if not wanted:
+            return {}
+
+        def body(connection: Connection) -> dict[str, Job]:
+            return {row.id: _job_from(row) for row in connection.execute(self._find_jobs, {"ids": wanted})}
+
+        return await self._run("reading jobs", body, write=False)
+
+    async def statuses(self, job_ids: Collection[str]) -> dict[str, JobStatus]:
+        self._engine.get()
+        wanted = [job_id for job_id in dict.fromkeys(job_ids) if _storable(job_id)]
+        if not wanted:
+            return {}
+
+        def body(connection: Connection) -> dict[str, JobStatus]:
+            return {row.id: row.status for row in connection.execute(self._statuses, {"ids": wanted})}
+
+        return await self._run("reading job statuses", body, write=False)
 
     async def get_job(self, job_id: str) -> Job:
         job = await self.find_job(job_id)
@@ -77,89 +204,120 @@ class SqlJobStore:
             raise _not_found(job_id)
         return job
 
-    async def start_job(self, job_id: str) -> Job:
-        return await self._move(job_id, "starting", ("pending",), {"status": "in_progress"})
-
-    async def save_results(self, job_id: str, results: Sequence[JobResult]) -> Job:
-        unique: dict[int, JobResult] = {}
-        for result in results:
-            if isinstance(result.position, bool) or not isinstance(result.position, int):
-                raise ValueError(f"job {job_id!r}: a result position must be an int, not {result.position!r}")
-            unique.setdefault(result.position, result)
-        engine = self._open_engine()
-        if not _storable(job_id):
-            raise _not_found(job_id)
-        with translated(f"saving {len(unique)} result(s) of job {job_id!r}", JobRejected):
-            async with write_transaction(engine) as connection:
-                # The row lock makes concurrent saves to this job take turns (SQLite ignores FOR
-                # UPDATE, but there BEGIN IMMEDIATE already did), so the recount below sees them all.
-                row = await _job_of(connection, job_id, lock=True)
-                if row is None:
-                    raise _not_found(job_id)
-                outside = sorted(p for p in unique if not 0 <= p < row.total)
-                if outside:
-                    raise ValueError(
-                        f"job {job_id!r} has {row.total} input(s), so positions must be 0..{row.total - 1}; "
-                        f"got {', '.join(map(str, outside[:10]))}{' ...' if len(outside) > 10 else ''}"
-                    )
-                fresh: list[JobResult] = []
-                if unique:
-                    # Under the job's lock no other save can add results for it, so the positions
-                    # not stored yet are exactly the ones this insert adds: the counts move by
-                    # those alone, at the cost of this chunk rather than of the whole job.
-                    stored = select(job_results.c.position).where(
-                        job_results.c.job_id == job_id, job_results.c.position.in_(list(unique))
-                    )
-                    taken = set((await connection.execute(stored)).scalars())
-                    fresh = [result for position, result in unique.items() if position not in taken]
-                if fresh:
-                    await connection.execute(self._insert_results, [_result_row(job_id, r) for r in fresh])
-                done = row.done + len(fresh)
-                failed = row.failed + sum(1 for result in fresh if result.error is not None)
-                job = _job_from(row)
-                status: JobStatus = job.status
-                finished_at = job.finished_at
-                now = datetime.now(UTC)
-                if status not in TERMINAL:
-                    if done == job.total:
-                        status = "completed" if failed == 0 else "failed"
-                        finished_at = now
-                    else:
-                        status = "in_progress"
-                if (done, failed, status) == (job.done, job.failed, job.status):
-                    # A redelivered chunk: nothing new, so not even updated_at moves.
-                    return job
-                values = {
-                    "done": done,
-                    "failed": failed,
-                    "status": status,
-                    "finished_at": finished_at,
-                    "updated_at": now,
-                }
-                await connection.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
-        return _job_from(row, **values)
-
     async def results(self, job_id: str, offset: int = 0, limit: int = 100) -> list[JobResult]:
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise ValueError(f"offset must be a whole number >= 0, got {offset!r}")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_RESULTS_LIMIT:
             raise ValueError(f"limit must be 1..{MAX_RESULTS_LIMIT}, got {limit!r}")
-        engine = self._open_engine()
+        self._engine.get()
         if not _storable(job_id):
             raise _not_found(job_id)
+        exists = select(jobs.c.id).where(jobs.c.id == job_id)
         query = (
             select(job_results.c.position, job_results.c.output, job_results.c.error)
-            .where(job_results.c.job_id == job_id)
+            .where(job_results.c.job_id == job_id, job_results.c.position >= 0)
             .order_by(job_results.c.position)
             .offset(offset)
             .limit(limit)
         )
-        with translated("reading job results", JobRejected):
-            async with engine.connect() as connection:
-                if await _job_of(connection, job_id) is None:
+
+        def body(connection: Connection) -> list[JobResult]:
+            if connection.execute(exists).first() is None:
+                raise _not_found(job_id)
+            return [JobResult(row.position, row.output, row.error) for row in connection.execute(query)]
+
+        return await self._run("reading job results", body, write=False)
+
+    # ------------------------------------------------------------------------------------ results
+
+    async def save_results(self, job_id: str, results: Sequence[JobResult]) -> Job:
+        return (await self.save_results_of_jobs({job_id: results}))[job_id]
+
+    async def save_results_of_jobs(self, results: Mapping[str, Sequence[JobResult]]) -> dict[str, Job]:
+        by_job: dict[str, dict[int, JobResult]] = {}
+        for job_id, saved in results.items():
+            unique = by_job.setdefault(job_id, {})
+            for result in saved:
+                if isinstance(result.position, bool) or not isinstance(result.position, int):
+                    raise ValueError(
+                        f"job {job_id!r}: a result position must be an int, not {result.position!r}"
+                    )
+                unique.setdefault(result.position, result)
+        self._engine.get()
+        if not by_job:
+            return {}
+        for job_id in by_job:
+            if not _storable(job_id):
+                raise _not_found(job_id)
+
+        def body(connection: Connection) -> dict[str, Job]:
+            # The row locks make concurrent saves to a job take turns (SQLite ignores FOR UPDATE, but
+            # there BEGIN IMMEDIATE already did), so the counts below start from every earlier save.
+            # They are taken in id order, so two saves of overlapping jobs never wait for each other.
+            rows = {row.id: row for row in connection.execute(self._lock_jobs, {"ids": list(by_job)})}
+            for job_id, unique in by_job.items():
+                row = rows.get(job_id)
+                if row is None:
                     raise _not_found(job_id)
-                rows = (await connection.execute(query)).all()
-        return [JobResult(row.position, row.output, row.error) for row in rows]
+                _check_positions(row, unique)
+            inserts = [_result_row(job_id, r) for job_id, unique in by_job.items() for r in unique.values()]
+            fresh: set[tuple[str, int]] = set()
+            if inserts:
+                # Under the locks no other save adds results to these jobs, so the rows the insert
+                # returns are exactly the positions new to the store: the counts move by those alone.
+                fresh = {(r.job_id, r.position) for r in connection.execute(self._insert_results, inserts)}
+            now = datetime.now(UTC)
+            saved: dict[str, Job] = {}
+            # Jobs whose new values are the same (a burst of one-input jobs all just completed) are
+            # updated by one statement: its values are bound once, not once per job.
+            changes: dict[tuple[int, int, JobStatus, datetime | None], list[str]] = {}
+            for job_id, unique in by_job.items():
+                row = rows[job_id]
+                new = [r for p, r in unique.items() if (job_id, p) in fresh]
+                done = row.done + len(new)
+                failed = row.failed + sum(1 for r in new if r.error is not None)
+                status: JobStatus = row.status
+                finished_at = row.finished_at
+                if status not in TERMINAL:
+                    if done == row.total:
+                        status = "completed" if failed == 0 else "failed"
+                        finished_at = now
+                    else:
+                        status = "in_progress"
+                if (done, failed, status) == (row.done, row.failed, row.status):
+                    # A redelivered chunk: nothing new, so not even updated_at moves.
+                    saved[job_id] = _job_from(row)
+                    continue
+                changes.setdefault((done, failed, status, finished_at), []).append(job_id)
+                saved[job_id] = _job_from(
+                    row, done=done, failed=failed, status=status, finished_at=finished_at, updated_at=now
+                )
+            for (new_done, new_failed, new_status, new_finished_at), ids in changes.items():
+                values: dict[str, Any] = {"b_done": new_done, "b_failed": new_failed, "b_status": new_status}
+                values |= {"b_finished_at": new_finished_at, "b_updated_at": now, "ids": ids}
+                connection.execute(self._update_counts, values)
+            return saved
+
+        count = sum(len(unique) for unique in by_job.values())
+        label = f"job {next(iter(by_job))!r}" if len(by_job) == 1 else f"{len(by_job)} jobs"
+        return await self._run(f"saving {count} result(s) of {label}", body, write=True)
+
+    # ------------------------------------------------------------------------------------ status
+
+    async def start_job(self, job_id: str) -> Job:
+        return await self._move(job_id, "starting", ("pending",), {"status": "in_progress"})
+
+    async def start_jobs(self, job_ids: Collection[str]) -> None:
+        self._engine.get()
+        wanted = [job_id for job_id in dict.fromkeys(job_ids) if _storable(job_id)]
+        if not wanted:
+            return
+        parameters = {"ids": wanted, "now": datetime.now(UTC)}
+
+        def body(connection: Connection) -> None:
+            connection.execute(self._start_jobs, parameters)
+
+        await self._run(f"starting {len(wanted)} job(s)", body, write=True)
 
     async def cancel_job(self, job_id: str) -> Job:
         now = datetime.now(UTC)
@@ -172,7 +330,7 @@ class SqlJobStore:
 
     async def _move(self, job_id: str, action: str, sources: Collection[str], values: dict[str, Any]) -> Job:
         """Set ``values`` on the job when its status is one of ``sources``; the job as it is after."""
-        engine = self._open_engine()
+        self._engine.get()
         if not _storable(job_id):
             raise _not_found(job_id)
         change = (
@@ -180,16 +338,100 @@ class SqlJobStore:
             .where(jobs.c.id == job_id, jobs.c.status.in_(sources))
             .values(**values, updated_at=datetime.now(UTC))
         )
-        with translated(f"{action} job {job_id!r}", JobRejected):
-            async with write_transaction(engine) as connection:
-                await connection.execute(change)
-                row = await _job_of(connection, job_id)
-        if row is None:
-            raise _not_found(job_id)
-        return _job_from(row)
+        query = self._select_jobs.where(jobs.c.id == job_id)
 
-    def _open_engine(self) -> AsyncEngine:
-        return self._engine.get()
+        def body(connection: Connection) -> Job:
+            connection.execute(change)
+            row = connection.execute(query).one_or_none()
+            if row is None:
+                raise _not_found(job_id)
+            return _job_from(row)
+
+        return await self._run(f"{action} job {job_id!r}", body, write=True)
+
+    # ------------------------------------------------------------------------------------ batches
+
+    async def batch_progress(self, job_id: str, done: int, failed: int, total: int | None = None) -> Job:
+        if not 0 <= failed <= done or (total is not None and total < done):
+            raise ValueError(
+                f"job {job_id!r}: need 0 <= failed <= done <= total, got {failed}, {done}, {total}"
+            )
+
+        def change(job: Job) -> dict[str, Any]:
+            values: dict[str, Any] = {}
+            if total is not None and job.total != total:
+                if job.done > total:
+                    raise ValueError(
+                        f"job {job_id!r}: {job.done} rows are done, so there are more than {total}"
+                    )
+                values["total"] = total
+            if done > job.done:
+                values.update(done=done, failed=failed)
+            if job.status == "pending":
+                values["status"] = "in_progress"
+            return values
+
+        return await self._change_batch(job_id, "updating the progress of", change)
+
+    async def finish_batch(self, job_id: str, rows: int, failed: int) -> Job:
+        if not 0 <= failed <= rows:
+            raise ValueError(f"job {job_id!r}: need 0 <= failed <= rows, got failed={failed}, rows={rows}")
+
+        def change(job: Job) -> dict[str, Any]:
+            status = "completed" if failed == 0 else "failed"
+            return {
+                "total": rows,
+                "done": rows,
+                "failed": failed,
+                "status": status,
+                "finished_at": datetime.now(UTC),
+            }
+
+        return await self._change_batch(job_id, "finishing", change)
+
+    async def _change_batch(self, job_id: str, action: str, change: Callable[[Job], dict[str, Any]]) -> Job:
+        """Apply ``change(job)`` (the new column values) to an unfinished batch job, under its row lock."""
+        self._engine.get()
+        if not _storable(job_id):
+            raise _not_found(job_id)
+        lock = self._select_jobs.where(jobs.c.id == job_id).with_for_update(of=jobs)
+
+        def body(connection: Connection) -> Job:
+            row = connection.execute(lock).one_or_none()
+            if row is None:
+                raise _not_found(job_id)
+            job = _job_from(row)
+            if job.batch is None:
+                raise ValueError(f"job {job_id!r} is not a batch job")
+            if job.status in TERMINAL:
+                return job
+            values = change(job)
+            if not values:
+                return job
+            values["updated_at"] = datetime.now(UTC)
+            connection.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+            return _job_from(row, **values)
+
+        return await self._run(f"{action} batch job {job_id!r}", body, write=True)
+
+
+def _blocking(engine: Engine, body: Callable[[Connection], T], write: bool) -> T:
+    if write:
+        with sync_write_transaction(engine) as connection:
+            return body(connection)
+    with engine.connect() as connection:
+        return body(connection)
+
+
+def _check_positions(row: _JobRow, unique: Mapping[int, JobResult]) -> None:
+    if row.batch_spec is not None:
+        raise ValueError(f"job {row.id!r} is a batch job: its rows' results go to its output file")
+    outside = sorted(p for p in unique if not 0 <= p < row.total)
+    if outside:
+        raise ValueError(
+            f"job {row.id!r} has {row.total} input(s), so positions must be 0..{row.total - 1}; "
+            f"got {', '.join(map(str, outside[:10]))}{' ...' if len(outside) > 10 else ''}"
+        )
 
 
 def _storable(text: str) -> bool:
@@ -199,13 +441,6 @@ def _storable(text: str) -> bool:
 
 def _not_found(job_id: str) -> JobNotFound:
     return JobNotFound(f"no job with id {job_id!r}")
-
-
-async def _job_of(connection: AsyncConnection, job_id: str, *, lock: bool = False) -> Row[Any] | None:
-    query = select(jobs).where(jobs.c.id == job_id)
-    if lock:
-        query = query.with_for_update()
-    return (await connection.execute(query)).one_or_none()
 
 
 def _job_row(job: Job) -> dict[str, Any]:
@@ -218,7 +453,7 @@ def _job_row(job: Job) -> dict[str, Any]:
         "target_kind": job.target_kind,
         "target": job.target,
         "status": job.status,
-        "total": job.total,
+        "total": UNKNOWN_TOTAL if job.total is None else job.total,
         "done": job.done,
         "failed": job.failed,
         "callback_url": job.callback_url,
@@ -238,19 +473,64 @@ def _result_row(job_id: str, result: JobResult) -> dict[str, Any]:
     }
 
 
-def _job_from(row: Row[Any], **changes: Any) -> Job:
-    values = {**row._asdict(), **changes}
+# Where each field sits in a row of ``_select_jobs`` (the jobs table's columns, then the batch
+# description): reading a row by position is much cheaper than by name, on the hot paths.
+_FIELD_AT = {name: at for at, name in enumerate([*(column.name for column in jobs.c), "batch_spec"])}
+(
+    _ID,
+    _KIND,
+    _TARGET,
+    _STATUS,
+    _TOTAL,
+    _DONE,
+    _FAILED,
+    _CALLBACK,
+    _ERROR,
+    _CREATED,
+    _UPDATED,
+    _FINISHED,
+    _SPEC,
+) = (
+    _FIELD_AT[name]
+    for name in (
+        "id",
+        "target_kind",
+        "target",
+        "status",
+        "total",
+        "done",
+        "failed",
+        "callback_url",
+        "error",
+        "created_at",
+        "updated_at",
+        "finished_at",
+        "batch_spec",
+    )
+)
+
+
+def _job_from(row: _JobRow, **changes: Any) -> Job:
+    """The job in a row of ``_select_jobs``, with ``changes`` (column values, as stored) applied."""
+    values: Sequence[Any] = row
+    if changes:
+        edited = list(row)
+        for name, value in changes.items():
+            edited[_FIELD_AT[name]] = value
+        values = edited
+    total, spec = values[_TOTAL], values[_SPEC]
     return Job(
-        id=values["id"],
-        target_kind=cast(TargetKind, values["target_kind"]),
-        target=values["target"],
-        status=cast(JobStatus, values["status"]),
-        total=values["total"],
-        done=values["done"],
-        failed=values["failed"],
-        callback_url=values["callback_url"],
-        error=values["error"],
-        created_at=values["created_at"],
-        updated_at=values["updated_at"],
-        finished_at=values["finished_at"],
+        values[_ID],
+        cast(TargetKind, values[_KIND]),
+        values[_TARGET],
+        cast(JobStatus, values[_STATUS]),
+        None if total == UNKNOWN_TOTAL else total,
+        values[_DONE],
+        values[_FAILED],
+        values[_CALLBACK],
+        values[_ERROR],
+        values[_CREATED],
+        values[_UPDATED],
+        values[_FINISHED],
+        None if spec is None else BatchSpec.from_dict(spec),
     )

@@ -45,6 +45,10 @@ def make_plan(settings: Settings) -> FleetPlan:
     gateway_port = settings.gateway.port or free_port(settings.gateway.host)
     services: dict[str, list[Endpoint]] = {}
     job_workers: dict[str, list[Endpoint]] = {}
+    streams: dict[str, list[Endpoint]] = {}
+    trainers: dict[str, list[Endpoint]] = {}
+    # Background services are started like workers but host no models; each kind is its own command.
+    background = {"job-worker": job_workers, "stream": streams, "trainer": trainers}
     taken = {gateway_port}
     for name, service in settings.services.items():
         endpoints = []
@@ -57,9 +61,11 @@ def make_plan(settings: Settings) -> FleetPlan:
                     port = free_port(settings.worker.host)
             taken.add(port)
             endpoints.append(Endpoint(settings.worker.host, port))
-        (job_workers if service.kind == "job-worker" else services)[name] = endpoints
+        background.get(service.kind, services)[name] = endpoints
     models = {model: name for name, service in settings.services.items() for model in service.models}
-    return FleetPlan(Endpoint(settings.gateway.host, gateway_port), services, models, job_workers)
+    return FleetPlan(
+        Endpoint(settings.gateway.host, gateway_port), services, models, job_workers, streams, trainers
+    )
 
 
 def probe_ready(endpoint: Endpoint, timeout_s: float = 1.0) -> bool:
@@ -120,7 +126,13 @@ class Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         plan_path = self.run_dir / PLAN_FILE
         self.plan.write(plan_path)
-        for role, group in (("worker", self.plan.services), ("job-worker", self.plan.job_workers)):
+        roles = (
+            ("worker", self.plan.services),
+            ("job-worker", self.plan.job_workers),
+            ("stream", self.plan.streams),
+            ("trainer", self.plan.trainers),
+        )
+        for role, group in roles:
             for service, endpoints in group.items():
                 for index, endpoint in enumerate(endpoints):
                     self._add_child(role, service, index, endpoint, plan_path)
@@ -138,11 +150,30 @@ class Supervisor:
         )
         self._save()
 
+    def _bootstrap(self) -> None:
+        """Train registry-backed models that have no version yet, in a process of its own, first."""
+        if not any(m.registry is not None and m.registry.bootstrap for m in self.settings.models.values()):
+            return
+        log_path = self.log_dir / "bootstrap.log"
+        with log_path.open("ab") as log_file:
+            process = subprocess.Popen(self._argv("bootstrap"), stdout=subprocess.PIPE, stderr=log_file)
+            assert process.stdout is not None
+            for line in process.stdout:
+                # Progress for whoever started the fleet: first starts train models and take a while.
+                print(line.decode("utf-8", errors="replace").rstrip(), flush=True)
+                log_file.write(line)
+            code = process.wait()
+        if code != 0:
+            raise ConfigError(f"training the fleet's first model versions failed:\n{_tail(log_path)}")
+
     def _add_child(self, role: str, service: str, index: int, endpoint: Endpoint, plan_path: Path) -> None:
         name = f"{service}-{index}"
         argv = self._argv(role, "--service", service, "--port", str(endpoint.port))
-        if role == "job-worker":
+        if role in ("job-worker", "stream"):
             argv += ["--plan", str(plan_path)]
+        if role == "stream":
+            # A stable replica number names its consumer, so a restarted replica finds its own messages.
+            argv += ["--replica", str(index)]
         state = ProcessState(name, role, service, endpoint.url)
         self._children.append(_Child(state, endpoint, argv, self.log_dir / f"{name}.log"))
 
@@ -175,6 +206,7 @@ class Supervisor:
     def start(self) -> FleetPlan:
         """Start every process and wait until all are ready; raises ConfigError if one cannot start."""
         self._prepare()
+        self._bootstrap()
         for child in self._children:
             self._spawn(child)
         deadline = time.monotonic() + self.settings.supervisor.ready_timeout_s

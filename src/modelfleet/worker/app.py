@@ -5,6 +5,7 @@ Routes are matched by splitting the path once; the table below is the whole surf
     GET  /v1/models                          models hosted here
     GET  /v1/models/{name}                   one model, with its input and output schemas
     POST /v1/models/{name}/predict           one input object, or an array of them
+    POST /v1/models/{name}/versions/{v}/predict   a loaded version (registry models: alias and rollout)
     GET  /v2                                 server metadata
     GET  /v2/health/live | /v2/health/ready
     GET  /v2/models/{name}[/versions/{v}]    model metadata
@@ -44,6 +45,7 @@ from modelfleet.types import TIMEOUT_HEADER, Receive, Scope, Send
 from modelfleet.worker import oip
 from modelfleet.worker.openapi import openapi_document
 from modelfleet.worker.pipelines import UnitService
+from modelfleet.worker.registry_models import RegistryModels
 
 log = logging.getLogger("modelfleet.worker")
 
@@ -60,10 +62,14 @@ class WorkerApp:
     ) -> None:
         self.service = service
         self.runners = runners
+        # Every loaded version of every model; ``runners`` holds the one unversioned calls get.
+        self.versions: dict[str, dict[str, ModelRunner]] = {n: {r.version: r} for n, r in runners.items()}
+        self.follower: RegistryModels | None = None
         self.settings = settings
         self.units = UnitService(pipelines or {}, runners)
         self.metrics = WorkerMetrics(service)
         self._openapi: bytes | None = None
+        self.follow_poll_s = 1.0
         for name, runner in runners.items():
             runner.on_batch = self.metrics.batch_size.get(service, name).observe  # type: ignore[attr-defined]
 
@@ -79,14 +85,29 @@ class WorkerApp:
             self.metrics.ready.labels(self.service, name).set(1)
             log.info("loaded model %s in %.2fs", name, time.perf_counter() - started)
 
+    async def start(self) -> None:
+        if self.follower is not None:
+            await self.follower.registry.open()
+            await self.follower.start(self.follow_poll_s)
+
     async def close(self) -> None:
+        if self.follower is not None:
+            await self.follower.stop()
+            await self.follower.registry.close()
+        seen: set[int] = set()
+        for loaded in self.versions.values():
+            for runner in loaded.values():
+                if id(runner) not in seen:
+                    seen.add(id(runner))
+                    await runner.close()
         for runner in self.runners.values():
-            await runner.close()
+            if id(runner) not in seen:
+                await runner.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                await lifespan(receive, send, on_shutdown=self.close)
+                await lifespan(receive, send, on_startup=self.start, on_shutdown=self.close)
             return
         await serve_request(self._dispatch, scope, receive, send, log)
 
@@ -99,6 +120,9 @@ class WorkerApp:
             if n == 4 and parts[3] == "predict":
                 _allow(method, "POST")
                 return await self._predict(scope, receive, send, rid, parts[2])
+            if n == 6 and parts[3] == "versions" and parts[5] == "predict":
+                _allow(method, "POST")
+                return await self._predict(scope, receive, send, rid, parts[2], parts[4])
             if n == 2:
                 _allow(method, "GET")
                 return await respond(send, 200, orjson.dumps({"models": self._describe_all()}), rid)
@@ -155,9 +179,13 @@ class WorkerApp:
         if runner is None:
             raise ModelNotFound(f"model {name!r} is not served here (serving: {', '.join(self.runners)})")
         if version is not None and version != runner.version:
-            raise ModelNotFound(
-                f"model {name!r} has no version {version!r} (serving version {runner.version!r})"
-            )
+            other = self.versions.get(name, {}).get(version)
+            if other is None:
+                loaded = ", ".join(sorted(self.versions.get(name, {runner.version: runner})))
+                raise ModelNotFound(
+                    f"model {name!r} has no version {version!r} loaded here (loaded: {loaded})"
+                )
+            return other
         return runner
 
     def _timeout_s(self, scope: Scope) -> float:
@@ -183,12 +211,14 @@ class WorkerApp:
                 f"model {runner.name!r} did not answer within the deadline of {timeout_s * 1000:.0f} ms"
             ) from None
 
-    async def _predict(self, scope: Scope, receive: Receive, send: Send, rid: bytes, name: str) -> None:
+    async def _predict(
+        self, scope: Scope, receive: Receive, send: Send, rid: bytes, name: str, version: str | None = None
+    ) -> None:
         started = time.perf_counter()
         code = 500
         count = 0
         try:
-            runner = self._runner(name)
+            runner = self._runner(name, version)
             check_json_content_type(scope)
             body = await read_body(scope, receive, self.settings.body_limit_bytes)
             single, inputs = self._parse_plain(runner, body)
@@ -299,7 +329,7 @@ class WorkerApp:
     def _v2_metadata(self, runner: ModelRunner) -> dict[str, Any]:
         return {
             "name": runner.name,
-            "versions": [runner.version],
+            "versions": sorted(self.versions.get(runner.name, {runner.version: runner})),
             "platform": "modelfleet",
             "inputs": [s.metadata() for s in oip.tensor_specs(runner.input_type)],
             "outputs": [s.metadata() for s in oip.tensor_specs(runner.output_type)],
