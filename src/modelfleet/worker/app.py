@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, overload
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -47,6 +48,9 @@ from modelfleet.worker.openapi import openapi_document
 from modelfleet.worker.pipelines import UnitService
 from modelfleet.worker.registry_models import RegistryModels
 
+if TYPE_CHECKING:
+    from modelfleet.lake.capture import CaptureWriter
+
 log = logging.getLogger("modelfleet.worker")
 
 
@@ -65,6 +69,8 @@ class WorkerApp:
         # Every loaded version of every model; ``runners`` holds the one unversioned calls get.
         self.versions: dict[str, dict[str, ModelRunner]] = {n: {r.version: r} for n, r in runners.items()}
         self.follower: RegistryModels | None = None
+        # Opt-in samples of live inputs and outputs, by model, written to the lake (lake/capture.py).
+        self.captures: dict[str, CaptureWriter] = {}
         self.settings = settings
         self.units = UnitService(pipelines or {}, runners)
         self.metrics = WorkerMetrics(service)
@@ -94,6 +100,8 @@ class WorkerApp:
         if self.follower is not None:
             await self.follower.stop()
             await self.follower.registry.close()
+        for capture in self.captures.values():
+            await asyncio.to_thread(capture.close)
         seen: set[int] = set()
         for loaded in self.versions.values():
             for runner in loaded.values():
@@ -224,6 +232,7 @@ class WorkerApp:
             single, inputs = self._parse_plain(runner, body)
             count = len(inputs)
             outputs = await self._run(scope, runner, inputs)
+            self._capture(runner, inputs, outputs)
             # Spliced as bytes: the outputs are already JSON, so they are not decoded and encoded again.
             if single:
                 key, payload = b"output", runner.output_one.dump_json(outputs[0])
@@ -292,6 +301,7 @@ class WorkerApp:
             inputs = runner.validate_rows(rows, prefix="row")
             count = len(inputs)
             outputs = await self._run(scope, runner, inputs)
+            self._capture(runner, inputs, outputs)
             out = oip.encode_response(runner.name, runner.version, runner.output_type, outputs, request)
             code = 200
             await respond(send, 200, out, rid)
@@ -300,6 +310,16 @@ class WorkerApp:
             raise
         finally:
             self.metrics.observe(runner.name, "v2", code, time.perf_counter() - started, count)
+
+    def _capture(self, runner: ModelRunner, inputs: list[BaseModel], outputs: list[BaseModel]) -> None:
+        capture = self.captures.get(runner.name)
+        if capture is None:
+            return
+        try:
+            capture.maybe_capture(_Dumped(inputs), _Dumped(outputs), runner.version)
+        except Exception:
+            # Capturing is a side line: it never fails a prediction.
+            log.exception("capturing predictions of %s failed", runner.name)
 
     def _describe(self, runner: ModelRunner) -> dict[str, Any]:
         model = runner.model
@@ -334,6 +354,27 @@ class WorkerApp:
             "inputs": [s.metadata() for s in oip.tensor_specs(runner.input_type)],
             "outputs": [s.metadata() for s in oip.tensor_specs(runner.output_type)],
         }
+
+
+class _Dumped(Sequence[dict[str, Any]]):
+    """Pydantic objects as JSON-ready dicts, dumped only when the capture sampler picks one."""
+
+    def __init__(self, items: list[BaseModel]) -> None:
+        self._items = items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | Sequence[dict[str, Any]]:
+        if isinstance(index, slice):
+            return [item.model_dump(mode="json") for item in self._items[index]]
+        return self._items[index].model_dump(mode="json")
 
 
 def _allow(method: str, allowed: str) -> None:

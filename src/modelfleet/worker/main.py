@@ -22,6 +22,13 @@ def build_worker(settings: Settings, service: str) -> WorkerApp:
     app = WorkerApp(
         service, build_service_runners(settings, service), settings.worker, compile_pipelines(settings)
     )
+    captured = {m: settings.models[m].capture for m in settings.services[service].models}
+    for model, capture in captured.items():
+        if capture is not None:
+            from modelfleet.lake import Lake
+            from modelfleet.lake.capture import CaptureWriter
+
+            app.captures[model] = CaptureWriter.from_settings(Lake.from_settings(settings), model, capture)
     followed = [m for m in settings.services[service].models if settings.models[m].registry is not None]
     if followed:
         from modelfleet.lake import Lake
