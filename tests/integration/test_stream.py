@@ -104,7 +104,7 @@ class CuttableProxy:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.transports: set[asyncio.BaseTransport] = set()
+        self.transports: set[asyncio.WriteTransport] = set()
         start = asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.server = asyncio.run_coroutine_threadsafe(start, self.loop).result(timeout=5)
         self.port = int(self.server.sockets[0].getsockname()[1])
@@ -391,27 +391,35 @@ def test_a_stream_rides_out_a_cut_connection_to_its_server(
     fleet: RunningFleet, proxies: dict[str, CuttableProxy], backend: str
 ) -> None:
     ids = {f"c-{i}" for i in range(12)}
-    service = f"s-{backend}"
+    (replica,) = fleet.replicas(f"s-{backend}")
+    at_cut: dict[str, Any] = {}
 
     async def scenario() -> list[dict[str, Any]]:
         readers = Readers()
         try:
             output = await readers.open(backend, topic(backend, "out"), f"{backend}cut")
             producer = await readers.open(backend, topic(backend, "probe"), f"{backend}producer")
+            status = call(f"{replica['url']}/v1/stream").json()
+            done_before = status["succeeded"]
             for i in range(12):
                 await producer.publish(topic(backend, "in"), envelope(f"c-{i}", f"cut {i}", sleep_ms=150))
-            records = await read_records(output, ids, timeout_s=15, at_least=2)
+            deadline = time.monotonic() + 15
+            while status["succeeded"] < done_before + 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+                status = call(f"{replica['url']}/v1/stream").json()
+            at_cut.update(status, done=status["succeeded"] - done_before)
             # When the connection to the server drops mid-flow (the process itself lives on)
             proxies[backend].cut()
-            return records + await read_records(output, ids - {r["id"] for r in records}, timeout_s=40)
+            return await read_records(output, ids, timeout_s=40)
         finally:
             await readers.close()
 
     records = [r for r in asyncio.run(scenario()) if str(r["id"]).startswith("c-")]
+    assert 2 <= at_cut["done"] < 12, at_cut
     # Then it reconnects (or its client library does) and every message still gets its result
     assert {r["id"] for r in records} == ids
     assert all(r["status"] == "succeeded" for r in records)
-    (status,) = status_of(fleet, service)
+    status = call(f"{replica['url']}/v1/stream").json()
     assert status["ready"] is True
     if backend in ("rabbitmq", "mqtt"):
         # These clients do not reconnect by themselves: the stream service did.
