@@ -594,7 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--gil",
         action="store_true",
-        help="with --profile: only samples holding the GIL, so a thread waiting on I/O or a lock is not counted",
+        help="with --profile: only samples holding the GIL (threads waiting on I/O or a lock not counted)",
     )
     args = parser.parse_args(argv)
     if args.profile:

@@ -1,8 +1,10 @@
 """Pipeline benchmark: what running the triage pipeline through the gateway costs over its bare models.
 
-The ``triage`` pipeline of the default fleet.yaml (language -> for English text, sentiment and
-embedding in parallel) is copied as is into a generated fleet config and run under two placements,
-one fleet after the other (never overlapping):
+The ``triage`` pipeline of the default fleet.yaml (language -> for English text, spam -> for
+messages that are not spam, intent and sentiment in parallel) is copied as is, with its models as
+fleet.yaml declares them, into a generated fleet config and run under two placements, one fleet
+after the other (never overlapping). The trained models (spam, intent) come from a registry kept in
+.modelfleet/bench (trained on the first run, like a first `make up`):
 
 - packed: one service hosting language, sentiment and embedder, so the gateway sends the whole
   pipeline to one worker in one hop;
@@ -69,24 +71,46 @@ TEXT = "My card payment was declined again and nobody at the branch could tell m
 TARGET_LATENCY_RATIO = 1.3
 TARGET_PLACEMENT = "packed"
 
-# The models the bench serves; the pipeline copied from fleet.yaml may use only these.
-MODELS: dict[str, dict[str, Any]] = {
-    "language": {"class": "fasttext-language"},
-    "sentiment": {"class": "vader-sentiment"},
-    "embedder": {
-        "class": "minilm-embedder",
-        "params": {"runtime": "onnx-int8", "threads": 2},
-        "batching": {"max_batch_size": 32, "max_wait_ms": 0},
-    },
+BENCH_STORE = DATA_DIR / "bench" / "registry.db"  # the trained models' registry, kept between runs
+BENCH_LAKE = DATA_DIR / "bench" / "lake"  # their datasets and artifacts
+
+
+def _shipped() -> dict[str, Any]:
+    return dict(yaml.safe_load(SOURCE_FLEET.read_text(encoding="utf-8")))
+
+
+def _used_models() -> list[str]:
+    steps = _shipped()["pipelines"][PIPELINE]["steps"].values()
+    return list(dict.fromkeys(str(step["model"]).partition("@")[0] for step in steps))
+
+
+def _bench_models() -> dict[str, dict[str, Any]]:
+    """The pipeline's models exactly as fleet.yaml declares them, bootstrap files made absolute."""
+    models = {}
+    for name in _used_models():
+        spec = json.loads(json.dumps(_shipped()["models"][name]))
+        bootstrap = (spec.get("registry") or {}).get("bootstrap") or {}
+        for key in ("dataset", "test_dataset"):
+            if key in bootstrap:
+                bootstrap[key] = str((ROOT / bootstrap[key]).resolve())
+        models[name] = spec
+    return models
+
+
+# The models the bench serves: those the shipped triage pipeline uses, as fleet.yaml declares them.
+MODELS: dict[str, dict[str, Any]] = _bench_models()
+RAW_ORDER = tuple(MODELS)  # the order the pipeline calls them in (independent steps one after another)
+_SHIPPED_SERVICES = {
+    name: [m for m in service.get("models", []) if m in MODELS]
+    for name, service in _shipped()["services"].items()
 }
-RAW_ORDER = ("language", "sentiment", "embedder")  # the order the pipeline calls them in
 
 # placement -> (services, pipeline placement setting)
 PLACEMENTS: dict[str, tuple[dict[str, list[str]], str]] = {
-    "packed": ({"nlp": ["language", "sentiment", "embedder"]}, "packed"),
-    "split": ({"light": ["language", "sentiment"], "embed": ["embedder"]}, "packed"),
+    "packed": ({"nlp": list(MODELS)}, "packed"),
+    "split": ({name: models for name, models in _SHIPPED_SERVICES.items() if models}, "packed"),
     # Not measured by default: the packed fleet with `placement: per-step` (one hop a step).
-    "per-step": ({"nlp": ["language", "sentiment", "embedder"]}, "per-step"),
+    "per-step": ({"nlp": list(MODELS)}, "per-step"),
 }
 DEFAULT_PLACEMENTS = ("packed", "split")
 
@@ -117,21 +141,71 @@ def source_pipeline() -> dict[str, Any]:
     spec = (data.get("pipelines") or {}).get(PIPELINE)
     if not isinstance(spec, dict):
         raise SystemExit(f"{SOURCE_FLEET}: no pipeline {PIPELINE!r} to benchmark")
-    used = {str(step["model"]).partition("@")[0] for step in spec["steps"].values()}
-    missing = sorted(used - set(MODELS))
-    if missing:
-        raise SystemExit(
-            f"{SOURCE_FLEET}: pipeline {PIPELINE!r} uses models this bench does not serve: "
-            f"{', '.join(missing)}; add them to MODELS and PLACEMENTS in {Path(__file__).name}"
-        )
     return dict(spec)
+
+
+def _settings_of(config: dict[str, Any]) -> Any:
+    from modelfleet.settings import settings_from_dict
+
+    return settings_from_dict(config, source="bench")
+
+
+def prepare_registry() -> dict[str, Path]:
+    """Train the registry-backed models once (kept in .modelfleet/bench); answers their artifact folders."""
+    import asyncio
+
+    from modelfleet.lake import Lake
+    from modelfleet.registry import make_registry
+    from modelfleet.training.bootstrap import bootstrap_models
+
+    followed = {name: spec for name, spec in MODELS.items() if spec.get("registry")}
+    if not followed:
+        return {}
+    BENCH_STORE.parent.mkdir(parents=True, exist_ok=True)
+    settings = _settings_of(
+        {
+            "data_dir": str(DATA_DIR),
+            "store_url": f"sqlite:///{BENCH_STORE}",
+            "lake": {"root": str(BENCH_LAKE)},
+            "models": followed,
+            "services": {"trained": {"models": list(followed)}},
+        }
+    )
+
+    async def prepare() -> dict[str, Path]:
+        await bootstrap_models(settings, say=log)
+        registry = make_registry(settings.store_url)
+        await registry.open()
+        try:
+            lake = Lake(str(BENCH_LAKE))
+            folders = {}
+            for name, spec in followed.items():
+                version = await registry.resolve(name, spec["registry"].get("alias", "production"))
+                folders[name] = lake.get_artifact(version.artifact_uri, DATA_DIR / "artifact-cache")
+                log(f"raw: {name} is registry version {version.version} ({version.metrics})")
+            return folders
+        finally:
+            await registry.close()
+
+    return asyncio.run(prepare())
+
+
+def copy_registry(target: Path) -> None:
+    """A fleet's own store, starting as a copy of the bench registry (SQLite's online backup)."""
+    if not BENCH_STORE.exists():
+        return
+    with contextlib.closing(sqlite3.connect(BENCH_STORE)) as source:
+        with contextlib.closing(sqlite3.connect(target)) as copy:
+            source.backup(copy)
 
 
 def fleet_config(tmp: Path, placement: str, pipeline: dict[str, Any]) -> str:
     services, setting = PLACEMENTS[placement]
+    copy_registry(tmp / "modelfleet.db")
     config: dict[str, Any] = {
         "data_dir": str(DATA_DIR),
         "store_url": f"sqlite:///{tmp}/modelfleet.db",
+        "lake": {"root": str(BENCH_LAKE)},
         "log_level": "warning",
         "gateway": {"host": "127.0.0.1", "port": 0},
         "supervisor": {"run_dir": f"{tmp}/run", "ready_timeout_s": 600},
@@ -150,9 +224,14 @@ def load_raw_models() -> dict[str, Any]:
     from modelfleet.models.catalog import build_runner
     from modelfleet.settings import ModelSettings
 
+    folders = prepare_registry()
     models = {}
     for name in RAW_ORDER:
-        runner = build_runner(name, ModelSettings.model_validate(MODELS[name]), str(DATA_DIR))
+        spec = dict(MODELS[name])
+        spec.pop("registry", None)
+        if name in folders:
+            spec["params"] = {**spec.get("params", {}), "artifact_dir": str(folders[name])}
+        runner = build_runner(name, ModelSettings.model_validate(spec), str(DATA_DIR))
         started = time.perf_counter()
         runner.model.load()
         log(f"raw: loaded {name} in {time.perf_counter() - started:.2f}s")
@@ -168,7 +247,7 @@ def bind(predict: Callable[[list[Any]], list[Any]], inputs: list[Any]) -> Callab
 
 
 def measure_raw(warmup_s: float, duration_s: float, retries: int, suffix: str) -> list[Row]:
-    """Each model's predict on one input, then the three one after another (the baseline)."""
+    """Each model's predict on one input, then all of them one after another (the baseline)."""
     models = load_raw_models()
     calls: dict[str, Callable[[], object]] = {}
     for name in RAW_ORDER:
@@ -183,6 +262,10 @@ def measure_raw(warmup_s: float, duration_s: float, retries: int, suffix: str) -
         raise RuntimeError(
             f"the bench text is not detected as English ({language!r}); the pipeline would skip"
         )
+    if "spam" in models:
+        verdict = _caller(models["spam"])([type(models["spam"]).input_type(text=TEXT)])[0]
+        if verdict.label != "ham":
+            raise RuntimeError(f"the bench text is taken for spam ({verdict!r}); the pipeline would skip")
     chain = [calls[name] for name in RAW_ORDER]
 
     def raw_sum() -> None:
@@ -390,7 +473,7 @@ def format_targets(targets: dict[str, Any], infos: dict[str, PlacementInfo]) -> 
         lines.append(f"  {placement:<9} {len(info.units)} hop(s)   {units or info.failure or '-'}")
     lines.append("")
     lines.append(
-        "Ratios (stored runs unless marked; raw sum = language + sentiment + embedder predict, one input)"
+        "Ratios (stored runs unless marked; raw sum = " + " + ".join(RAW_ORDER) + " predict, one input)"
     )
     raw_rps, raw_p50 = targets["raw_sum_calls_per_s"], targets["raw_sum_p50_ms"]
     lines.append(
@@ -621,7 +704,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "srv CPU = CPU of the gateway + every worker in the window / requests; lg CPU = load generator's; "
         "busy% = whole machine;\nother = cores busy with anything else (noise); p50/raw = p50 / raw-sum p50 "
         "(c=1 only); x raw = req/s / raw-sum calls/s;\nraw rows: in this process, one input per call, "
-        "srv CPU = CPU of this process per call; raw sum = language + sentiment + embedder one after another"
+        "srv CPU = CPU of this process per call; raw sum = " + " + ".join(RAW_ORDER) + " one after another"
     )
     print()
     print(format_table(rows))

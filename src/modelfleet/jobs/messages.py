@@ -35,14 +35,13 @@ def _target(data: dict[str, Any]) -> tuple[str, str]:
 class Chunk:
     """Inputs ``offset .. offset+len(inputs)-1`` of job ``job_id``, which has ``total`` inputs.
 
-    ``total`` lets a worker see, without reading the job, whether the chunks in its hands finish
-    it; None (messages written before it was carried) means unknown.
+    ``total`` lets a worker see, without reading the job, whether the chunks in its hands finish it.
     """
 
     job_id: str
     offset: int
     inputs: list[Any]
-    total: int | None = None
+    total: int
 
     @property
     def message_id(self) -> str:
@@ -111,20 +110,12 @@ def decode_message(body: bytes) -> ChunkMessage | BatchMessage:
         kind, target = _target(data)
         if data.get("kind") == "batch":
             return BatchMessage(str(data["job_id"]), kind, target, BatchSpec.from_dict(data["batch"]))
-        if "chunks" in data:
-            chunks = tuple(_chunk(*fields) for fields in data["chunks"])
-        else:
-            # The one-chunk form written before messages could carry several chunks.
-            chunks = (Chunk(str(data["job_id"]), int(data["offset"]), list(data["inputs"])),)
+        chunks = tuple(Chunk(str(j), int(o), list(i), int(t)) for j, o, i, t in data["chunks"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
         raise ValueError(f"not a job message: {err}") from None
-    if not chunks or any(chunk.offset < 0 for chunk in chunks):
-        raise ValueError("not a job message: no chunks, or a negative offset")
+    if not chunks or any(not 0 <= chunk.offset < chunk.total for chunk in chunks):
+        raise ValueError("not a job message: no chunks, or an offset outside its job")
     return ChunkMessage(kind, target, chunks)
-
-
-def _chunk(job_id: Any, offset: Any, inputs: Any, total: Any = None) -> Chunk:
-    return Chunk(str(job_id), int(offset), list(inputs), None if total is None else int(total))
 
 
 def pack(target_kind: str, target: str, chunks: Sequence[Chunk], max_inputs: int) -> list[ChunkMessage]:

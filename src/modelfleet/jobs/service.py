@@ -3,7 +3,7 @@
 POST   /v1/jobs        {"pipeline": "triage" | "model": "sentiment", "inputs": [...] | "input": {...},
                         "callback_url": "http://..."}  -> 202 {"job_id", ...} at once
 POST   /v1/jobs        {"model" | "pipeline": ..., "input_file": "/abs/in.jsonl",
-                        "output_file": "/abs/out.csv", "format": "auto", "chunk_size": 256,
+                        "output_file": "/abs/out.csv", "format": "auto", "chunk_size": 1000,
                         "concurrency": 4, "callback_url": ...}
                                                        -> 202: a batch job over a file on the fleet's machine
 GET    /v1/jobs/{id}[?offset=&limit=]                  -> status, progress, results (paged) or batch summary
@@ -346,7 +346,8 @@ def _batch_spec(request: dict[str, Any]) -> BatchSpec:
     except BatchConfigError as err:
         raise InvalidInput(str(err).replace("pass --format", "give 'format'")) from None
     numbers = {}
-    limits = (("chunk_size", 256, MAX_BATCH_CHUNK_SIZE), ("concurrency", 4, MAX_BATCH_CONCURRENCY))
+    # The defaults of `modelfleet batch run`.
+    limits = (("chunk_size", 1000, MAX_BATCH_CHUNK_SIZE), ("concurrency", 4, MAX_BATCH_CONCURRENCY))
     for name, default, most in limits:
         value = request.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:

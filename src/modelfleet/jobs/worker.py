@@ -156,7 +156,7 @@ class JobWorker:
     async def _handle_work(self, work: list[_Work]) -> None:
         statuses = await self.store.statuses({c.job_id for w in work for c in w.message.chunks})
         in_hand: dict[str, int] = {}  # inputs of each job in hand
-        totals: dict[str, int | None] = {}
+        totals: dict[str, int] = {}
         for item in work:
             for chunk in item.message.chunks:
                 # A job that is gone or canceled is skipped: its chunks are answered unrun.
@@ -169,7 +169,7 @@ class JobWorker:
         starting = [
             job_id
             for job_id, count in in_hand.items()
-            if statuses[job_id] == "pending" and (totals[job_id] is None or count < (totals[job_id] or 0))
+            if statuses[job_id] == "pending" and count < totals[job_id]
         ]
         if starting:
             await self.store.start_jobs(starting)

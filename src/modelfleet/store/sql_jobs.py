@@ -265,7 +265,8 @@ class SqlJobStore:
             if inserts:
                 # Under the locks no other save adds results to these jobs, so the rows the insert
                 # returns are exactly the positions new to the store: the counts move by those alone.
-                fresh = {(r.job_id, r.position) for r in connection.execute(self._insert_results, inserts)}
+                returned = connection.execute(self._insert_results, inserts)
+                fresh = {(job_id, position) for job_id, position in returned}
             now = datetime.now(UTC)
             saved: dict[str, Job] = {}
             # Jobs whose new values are the same (a burst of one-input jobs all just completed) are
@@ -426,7 +427,10 @@ def _blocking(engine: Engine, body: Callable[[Connection], T], write: bool) -> T
 def _check_positions(row: _JobRow, unique: Mapping[int, JobResult]) -> None:
     if row.batch_spec is not None:
         raise ValueError(f"job {row.id!r} is a batch job: its rows' results go to its output file")
-    outside = sorted(p for p in unique if not 0 <= p < row.total)
+    total = row.total
+    if not unique or (min(unique) >= 0 and max(unique) < total):
+        return
+    outside = sorted(p for p in unique if not 0 <= p < total)
     if outside:
         raise ValueError(
             f"job {row.id!r} has {row.total} input(s), so positions must be 0..{row.total - 1}; "

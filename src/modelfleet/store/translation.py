@@ -48,7 +48,7 @@ def printable(message: str | None) -> str | None:
 
 
 def _blames_data(err: BaseException) -> bool:
-    if isinstance(err, IntegrityError):
+    if isinstance(err, IntegrityError | sqlite3.IntegrityError | sqlite3.DataError):
         return True
     if isinstance(err, DBAPIError):
         sqlstate = getattr(err.orig, "sqlstate", None) or ""
