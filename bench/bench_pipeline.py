@@ -194,9 +194,11 @@ def copy_registry(target: Path) -> None:
     """A fleet's own store, starting as a copy of the bench registry (SQLite's online backup)."""
     if not BENCH_STORE.exists():
         return
-    with contextlib.closing(sqlite3.connect(BENCH_STORE)) as source:
-        with contextlib.closing(sqlite3.connect(target)) as copy:
-            source.backup(copy)
+    with (
+        contextlib.closing(sqlite3.connect(BENCH_STORE)) as source,
+        contextlib.closing(sqlite3.connect(target)) as copy,
+    ):
+        source.backup(copy)
 
 
 def fleet_config(tmp: Path, placement: str, pipeline: dict[str, Any]) -> str:
