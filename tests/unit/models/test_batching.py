@@ -152,3 +152,28 @@ def test_policy_limits_are_validated() -> None:
         Batching(max_batch_size=0)
     with pytest.raises(ValueError, match="max_wait_ms"):
         Batching(max_wait_ms=-1)
+
+
+def test_greedy_idle_calls_run_at_once_and_keep_every_guarantee() -> None:
+    async def scenario() -> None:
+        model = Recorder(fail_on=3)
+        batcher = DynamicBatcher(model, Batching(max_batch_size=4, max_wait_ms=0))
+        # An idle greedy batcher runs a lone call in the caller's own task: no batching task exists.
+        assert await batcher.submit([1, 2]) == [10, 20]
+        assert batcher._task is None
+        with pytest.raises(ValueError, match="bad item 3"):
+            await batcher.submit([3])
+        # A failure leaves the batcher usable; a call over max_batch_size still goes through the queue.
+        assert await batcher.submit([4]) == [40]
+        assert await batcher.submit([5, 6, 7, 8, 9]) == [50, 60, 70, 80, 90]
+        assert model.calls == [[1, 2], [3], [4], [5, 6, 7, 8], [9]]
+
+        async def short(items: list[int]) -> list[int]:
+            return items[:-1]
+
+        broken = DynamicBatcher(short, Batching(max_batch_size=4, max_wait_ms=0))
+        with pytest.raises(RuntimeError, match="must return one per input"):
+            await broken.submit([1, 2])
+        await batcher.close()
+
+    asyncio.run(scenario())
