@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -10,8 +11,9 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import inspect, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from modelfleet.store import (
     MAX_RESULTS_LIMIT,
@@ -27,8 +29,8 @@ from modelfleet.store import (
 )
 from modelfleet.store.engine import connect_store_engine, parse_store_url
 from modelfleet.store.jobs import BatchSpec
-from modelfleet.store.migrations import MIGRATIONS, applied_migrations, migrate
-from modelfleet.store.schema import schema_migrations
+from modelfleet.store.migrations import MIGRATIONS, Migration, MigrationFailed, applied_migrations, migrate
+from modelfleet.store.schema import jobs, schema_migrations
 
 T = TypeVar("T")
 T0 = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
@@ -813,3 +815,166 @@ def test_a_canceled_batch_job_stays_canceled(store_url: str) -> None:
     assert progressed == canceled
     assert finished == canceled
     assert (empty.status, empty.total, empty.progress) == ("completed", 0, 1.0)
+
+
+def test_a_batch_job_is_stored_in_its_own_column_with_a_null_total(store_url: str) -> None:
+    async def body() -> tuple[list[tuple[Any, ...]], int]:
+        async with opened(store_url) as store:
+            await store.create_jobs([a_batch(), a_job("inputs", total=2)])
+        async with engine_of(store_url) as engine, engine.connect() as connection:
+            rows = await connection.execute(select(jobs.c.id, jobs.c.total, jobs.c.batch).order_by(jobs.c.id))
+            results = await connection.execute(text("SELECT count(*) FROM job_results"))
+            return [tuple(row) for row in rows], results.scalar_one()
+
+    rows, results = run(body())
+
+    spec = a_batch().batch
+    assert spec is not None
+    assert rows == [("batch-1", None, spec.to_dict()), ("inputs", 2, None)]
+    assert results == 0
+
+
+OLD_SPEC = {
+    "input_file": "/data/old.csv",
+    "output_file": "/data/old.out.jsonl",
+    "format": "csv",
+    "chunk_size": 100,
+    "concurrency": 2,
+}
+
+
+async def write_old_form_jobs(connection: AsyncConnection) -> None:
+    """Jobs as the store wrote them before migration 4: a batch's spec as its result at position -1,
+    an uncounted total as -1."""
+    insert_job = text(
+        "INSERT INTO jobs (id, target_kind, target, status, total, done, failed, callback_url, error,"
+        " created_at, updated_at, finished_at)"
+        " VALUES (:id, :kind, :target, :status, :total, :done, 0, NULL, NULL, :at, :at, NULL)"
+    )
+    insert_result = text(
+        "INSERT INTO job_results (job_id, position, output, error) VALUES (:job, :position, :output, NULL)"
+    )
+    common = {"kind": "model", "target": "sentiment", "at": T0}
+    await connection.execute(
+        insert_job,
+        [
+            {"id": "uncounted", "status": "pending", "total": -1, "done": 0} | common,
+            {"id": "counted", "status": "in_progress", "total": 500, "done": 100} | common,
+            {"id": "inputs", "status": "in_progress", "total": 3, "done": 2} | common,
+        ],
+    )
+    await connection.execute(
+        insert_result,
+        [
+            {"job": "uncounted", "position": -1, "output": json.dumps(OLD_SPEC)},
+            {"job": "counted", "position": -1, "output": json.dumps(OLD_SPEC | {"chunk_size": 50})},
+            {"job": "inputs", "position": 0, "output": json.dumps({"label": "ok-0"})},
+            {"job": "inputs", "position": 1, "output": json.dumps({"label": "ok-1"})},
+        ],
+    )
+
+
+def describe_jobs_tables(connection: Any) -> dict[str, Any]:
+    inspector = inspect(connection)
+    return {
+        "columns": [(c["name"], c["nullable"]) for c in inspector.get_columns("jobs")],
+        "indexes": sorted(str(i["name"]) for i in inspector.get_indexes("jobs")),
+        "references": [
+            (fk["referred_table"], fk["constrained_columns"], fk["options"].get("ondelete"))
+            for fk in inspector.get_foreign_keys("job_results")
+        ],
+    }
+
+
+def test_batch_jobs_stored_before_migration_4_are_moved_into_the_batch_column(store_url: str) -> None:
+    async def body() -> dict[str, Any]:
+        # Given a database at migration 3 holding batch jobs in the old form and a job of inputs
+        async with engine_of(store_url) as engine:
+            await migrate(engine, MIGRATIONS[:3])
+            async with engine.begin() as connection:
+                await write_old_form_jobs(connection)
+        # When a job store opens it
+        async with opened(store_url) as store:
+            found = await store.find_jobs(["uncounted", "counted", "inputs"])
+            results = await store.results("inputs")
+            progressed = await store.batch_progress("uncounted", 10, 1, total=40)
+            completed = await store.save_results("inputs", [ok(2)])
+            with pytest.raises(ValueError, match="is a batch job"):
+                await store.save_results("counted", [ok(0)])
+        async with engine_of(store_url) as engine:
+            async with engine.connect() as connection:
+                leftovers = await connection.execute(
+                    text("SELECT count(*) FROM job_results WHERE position < 0")
+                )
+                shape = await connection.run_sync(describe_jobs_tables)
+            # The foreign key from job_results still holds and still cascades
+            async with engine.begin() as connection:
+                await connection.execute(text("DELETE FROM jobs WHERE id = 'inputs'"))
+                orphans = await connection.execute(text("SELECT count(*) FROM job_results"))
+            with pytest.raises(IntegrityError):
+                async with engine.begin() as connection:
+                    await connection.execute(
+                        text("INSERT INTO job_results (job_id, position) VALUES ('no such job', 0)")
+                    )
+            versions = await applied_migrations(engine)
+        return {
+            "found": found,
+            "results": results,
+            "progressed": progressed,
+            "completed": completed,
+            "leftovers": leftovers.scalar_one(),
+            "shape": shape,
+            "remaining results": orphans.scalar_one(),
+            "versions": versions,
+        }
+
+    got = run(body())
+
+    # Then each job reads back with its spec and a None total where it was uncounted
+    uncounted, counted, inputs = (got["found"][i] for i in ("uncounted", "counted", "inputs"))
+    assert uncounted.batch == BatchSpec("/data/old.csv", "/data/old.out.jsonl", "csv", 100, 2)
+    assert (uncounted.total, uncounted.done, uncounted.status) == (None, 0, "pending")
+    assert counted.batch == BatchSpec("/data/old.csv", "/data/old.out.jsonl", "csv", 50, 2)
+    assert (counted.total, counted.done, counted.progress) == (500, 100, 0.2)
+    assert (inputs.batch, inputs.total, inputs.done) == (None, 3, 2)
+    assert got["results"] == [ok(0), ok(1)]
+    assert (got["progressed"].total, got["progressed"].done, got["progressed"].status) == (
+        40,
+        10,
+        "in_progress",
+    )
+    assert (got["completed"].status, got["completed"].done) == ("completed", 3)
+    assert got["leftovers"] == 0
+    # And the upgraded tables are shaped as the table definitions say
+    assert got["shape"] == {
+        "columns": [(c.name, c.nullable) for c in jobs.columns],
+        "indexes": sorted(str(i.name) for i in jobs.indexes),
+        "references": [("jobs", ["job_id"], "CASCADE")],
+    }
+    assert got["remaining results"] == 0
+    assert got["versions"] == [m.version for m in MIGRATIONS]
+
+
+def test_a_table_rebuild_that_breaks_a_foreign_key_is_rolled_back(store_url: str) -> None:
+    async def orphan_a_result(connection: AsyncConnection) -> None:
+        await connection.execute(text("INSERT INTO job_results (job_id, position) VALUES ('no such job', 0)"))
+
+    async def body() -> tuple[list[int], int]:
+        async with engine_of(store_url) as engine:
+            await migrate(engine)
+            broken = [*MIGRATIONS, Migration(1000, "orphans", orphan_a_result, rebuilds_sqlite_tables=True)]
+            # SQLite finds it at the check before commit; PostgreSQL at the insert
+            with pytest.raises((MigrationFailed, IntegrityError)):
+                await migrate(engine, broken)
+            # Foreign keys are enforced again on the connection the migration used
+            with pytest.raises(IntegrityError):
+                async with engine.begin() as connection:
+                    await orphan_a_result(connection)
+            async with engine.connect() as connection:
+                results = (await connection.execute(text("SELECT count(*) FROM job_results"))).scalar_one()
+            return await applied_migrations(engine), results
+
+    versions, results = run(body())
+
+    assert versions == [m.version for m in MIGRATIONS]
+    assert results == 0

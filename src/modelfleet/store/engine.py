@@ -31,7 +31,8 @@ _DRIVERS: dict[str, tuple[Backend, str]] = {
     "postgresql": ("postgresql", "postgresql+asyncpg"),
     "postgresql+asyncpg": ("postgresql", "postgresql+asyncpg"),
 }
-_WRITE_OPTION = "modelfleet_write"
+# The execution option that makes a SQLite transaction begin with BEGIN IMMEDIATE (see on_begin).
+WRITE_OPTION = "modelfleet_write"
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ def _install_sqlite_hooks(engine: Engine, busy_timeout_ms: int) -> None:
         # A write transaction takes SQLite's write lock up front. A deferred one that reads first
         # could not upgrade its lock once another process has committed, and would fail at once
         # instead of waiting out the busy timeout.
-        if connection.get_execution_options().get(_WRITE_OPTION):
+        if connection.get_execution_options().get(WRITE_OPTION):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             connection.exec_driver_sql("BEGIN")
@@ -173,7 +174,7 @@ def _install_sqlite_hooks(engine: Engine, busy_timeout_ms: int) -> None:
 def sync_write_transaction(engine: Engine) -> Iterator[Connection]:
     """:func:`write_transaction` for a blocking engine (``BEGIN IMMEDIATE`` on SQLite)."""
     with engine.connect() as connection:
-        connection.execution_options(**{_WRITE_OPTION: True})
+        connection.execution_options(**{WRITE_OPTION: True})
         with connection.begin():
             yield connection
 
@@ -186,6 +187,6 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
     (for up to the busy timeout) rather than fail when they upgrade a read lock.
     """
     async with engine.connect() as connection:
-        await connection.execution_options(**{_WRITE_OPTION: True})
+        await connection.execution_options(**{WRITE_OPTION: True})
         async with connection.begin():
             yield connection

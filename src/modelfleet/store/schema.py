@@ -186,7 +186,8 @@ jobs = Table(
     Column("target_kind", String, nullable=False),
     Column("target", String, nullable=False),
     Column("status", String, nullable=False),
-    Column("total", Integer, nullable=False),
+    # NULL while a batch job's rows are not counted yet (migration 4).
+    Column("total", Integer),
     Column("done", Integer, nullable=False),
     Column("failed", Integer, nullable=False),
     Column("callback_url", Text),
@@ -194,6 +195,8 @@ jobs = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime),
+    # A batch job's BatchSpec; NULL for a job of inputs (migration 4). Last, where ADD COLUMN puts it.
+    Column("batch", JsonDocument),
     # For finding the jobs still pending or in progress, oldest first.
     Index(None, "status", "created_at"),
 )

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import BindParameter, Insert, Row, Update, and_, bindparam, select, update
+from sqlalchemy import BindParameter, Insert, Row, Update, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
@@ -42,15 +42,9 @@ from modelfleet.store.schema import job_results, jobs
 from modelfleet.store.translation import printable, translated
 
 T = TypeVar("T")
-_JobRow = Row[*tuple[Any, ...]]  # a row of the jobs table with its batch description
+_JobRow = Row[*tuple[Any, ...]]  # a row of the jobs table
 
 _ACTIVE = ("pending", "in_progress")
-
-# A batch job's description has no column of its own in the jobs table (which predates batch jobs):
-# it is kept as the job's result row at this position, which no input can have. ``results`` and
-# the counts never see it. A batch whose rows are not counted yet stores this total.
-BATCH_SPEC_POSITION = -1
-UNKNOWN_TOTAL = -1
 
 
 class SqlJobStore:
@@ -69,26 +63,18 @@ class SqlJobStore:
         self._sync_engine: Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
         dialect: Any = sqlite if self._engine.backend == "sqlite" else postgresql
-        self._insert_new_jobs: Insert = dialect.insert(jobs).on_conflict_do_nothing(
-            index_elements=[jobs.c.id]
-        )
-        self._insert_jobs = self._insert_new_jobs.returning(jobs.c.id)
+        self._insert_jobs: Insert = dialect.insert(jobs).on_conflict_do_nothing(index_elements=[jobs.c.id])
         self._insert_results: Insert = (
             dialect.insert(job_results)
             .on_conflict_do_nothing(index_elements=[job_results.c.job_id, job_results.c.position])
             .returning(job_results.c.job_id, job_results.c.position)
         )
-        spec = job_results.alias("batch_spec")
-        self._select_jobs = select(*jobs.c, spec.c.output.label("batch_spec")).select_from(
-            jobs.outerjoin(spec, and_(spec.c.job_id == jobs.c.id, spec.c.position == BATCH_SPEC_POSITION))
-        )
+        self._select_jobs = select(*jobs.c)
         # Built once: a statement object memoizes its cache key, so executing it again skips that work.
         ids: BindParameter[Any] = bindparam("ids", expanding=True)
         self._find_jobs = self._select_jobs.where(jobs.c.id.in_(ids))
         self._statuses = select(jobs.c.id, jobs.c.status).where(jobs.c.id.in_(ids))
-        self._lock_jobs = (
-            self._select_jobs.where(jobs.c.id.in_(ids)).order_by(jobs.c.id).with_for_update(of=jobs)
-        )
+        self._lock_jobs = self._select_jobs.where(jobs.c.id.in_(ids)).order_by(jobs.c.id).with_for_update()
         self._start_jobs = (
             update(jobs)
             .where(jobs.c.id.in_(ids), jobs.c.status == "pending")
@@ -151,22 +137,9 @@ class SqlJobStore:
             return
         unique = {job.id: job for job in reversed(jobs_)}  # the first of a repeated id wins
         rows = [_job_row(job) for job in unique.values()]
-        specs = {job.id: job.batch.to_dict() for job in unique.values() if job.batch is not None}
 
         def body(connection: Connection) -> None:
-            if not specs:
-                # A plain executemany: the ids inserted matter only for batch descriptions.
-                connection.execute(self._insert_new_jobs, rows)
-                return
-            inserted = set(connection.execute(self._insert_jobs, rows).scalars())
-            # Only a job inserted now gets its description: a stored job with this id keeps its own.
-            described = [
-                {"job_id": job_id, "position": BATCH_SPEC_POSITION, "output": spec, "error": None}
-                for job_id, spec in specs.items()
-                if job_id in inserted
-            ]
-            if described:
-                connection.execute(self._insert_results, described)
+            connection.execute(self._insert_jobs, rows)
 
         label = f"job {rows[0]['id']!r}" if len(rows) == 1 else f"{len(rows)} jobs"
         await self._run(f"creating {label}", body, write=True)
@@ -215,7 +188,7 @@ class SqlJobStore:
         exists = select(jobs.c.id).where(jobs.c.id == job_id)
         query = (
             select(job_results.c.position, job_results.c.output, job_results.c.error)
-            .where(job_results.c.job_id == job_id, job_results.c.position >= 0)
+            .where(job_results.c.job_id == job_id)
             .order_by(job_results.c.position)
             .offset(offset)
             .limit(limit)
@@ -395,7 +368,7 @@ class SqlJobStore:
         self._engine.get()
         if not _storable(job_id):
             raise _not_found(job_id)
-        lock = self._select_jobs.where(jobs.c.id == job_id).with_for_update(of=jobs)
+        lock = self._select_jobs.where(jobs.c.id == job_id).with_for_update()
 
         def body(connection: Connection) -> Job:
             row = connection.execute(lock).one_or_none()
@@ -425,7 +398,7 @@ def _blocking(engine: Engine, body: Callable[[Connection], T], write: bool) -> T
 
 
 def _check_positions(row: _JobRow, unique: Mapping[int, JobResult]) -> None:
-    if row.batch_spec is not None:
+    if row.batch is not None:
         raise ValueError(f"job {row.id!r} is a batch job: its rows' results go to its output file")
     total = row.total
     if not unique or (min(unique) >= 0 and max(unique) < total):
@@ -457,7 +430,7 @@ def _job_row(job: Job) -> dict[str, Any]:
         "target_kind": job.target_kind,
         "target": job.target,
         "status": job.status,
-        "total": UNKNOWN_TOTAL if job.total is None else job.total,
+        "total": job.total,
         "done": job.done,
         "failed": job.failed,
         "callback_url": job.callback_url,
@@ -465,6 +438,7 @@ def _job_row(job: Job) -> dict[str, Any]:
         "created_at": job.created_at,
         "updated_at": job.updated_at,
         "finished_at": job.finished_at,
+        "batch": None if job.batch is None else job.batch.to_dict(),
     }
 
 
@@ -477,9 +451,9 @@ def _result_row(job_id: str, result: JobResult) -> dict[str, Any]:
     }
 
 
-# Where each field sits in a row of ``_select_jobs`` (the jobs table's columns, then the batch
-# description): reading a row by position is much cheaper than by name, on the hot paths.
-_FIELD_AT = {name: at for at, name in enumerate([*(column.name for column in jobs.c), "batch_spec"])}
+# Where each field sits in a row of ``_select_jobs`` (the jobs table's columns): reading a row by
+# position is much cheaper than by name, on the hot paths.
+_FIELD_AT = {column.name: at for at, column in enumerate(jobs.c)}
 (
     _ID,
     _KIND,
@@ -493,7 +467,7 @@ _FIELD_AT = {name: at for at, name in enumerate([*(column.name for column in job
     _CREATED,
     _UPDATED,
     _FINISHED,
-    _SPEC,
+    _BATCH,
 ) = (
     _FIELD_AT[name]
     for name in (
@@ -509,7 +483,7 @@ _FIELD_AT = {name: at for at, name in enumerate([*(column.name for column in job
         "created_at",
         "updated_at",
         "finished_at",
-        "batch_spec",
+        "batch",
     )
 )
 
@@ -522,13 +496,13 @@ def _job_from(row: _JobRow, **changes: Any) -> Job:
         for name, value in changes.items():
             edited[_FIELD_AT[name]] = value
         values = edited
-    total, spec = values[_TOTAL], values[_SPEC]
+    batch = values[_BATCH]
     return Job(
         values[_ID],
         cast(TargetKind, values[_KIND]),
         values[_TARGET],
         cast(JobStatus, values[_STATUS]),
-        None if total == UNKNOWN_TOTAL else total,
+        values[_TOTAL],
         values[_DONE],
         values[_FAILED],
         values[_CALLBACK],
@@ -536,5 +510,5 @@ def _job_from(row: _JobRow, **changes: Any) -> Job:
         values[_CREATED],
         values[_UPDATED],
         values[_FINISHED],
-        None if spec is None else BatchSpec.from_dict(spec),
+        None if batch is None else BatchSpec.from_dict(batch),
     )
