@@ -135,7 +135,7 @@ def interrupt_and_resume(gateway: str, source: Path, out: Path, chunk_size: int)
     time.sleep(1.0)
     first.send_signal(signal.SIGINT)
     first_output, _ = first.communicate(timeout=120)
-    parts = sorted((out.parent / f"{out.name}.parts").glob("part-*"))
+    parts = sorted((out.parent / f"{out.name}.parts").glob("[0-9]*.jsonl"))
     started = time.perf_counter()
     second = subprocess.run(command, capture_output=True, text=True, timeout=600)
     result = {
