@@ -13,16 +13,12 @@ import contextlib
 import logging
 from typing import Any
 
-import orjson
-import uvicorn
-
+from modelfleet.background import BackgroundApp, serve_background
 from modelfleet.broker import make_broker
 from modelfleet.broker.broker import Broker, Delivery
-from modelfleet.http import HTTPError, lifespan, respond, serve_request
 from modelfleet.registry import TRAINING_TERMINAL, Registry, TrainingJobNotFound, make_registry
 from modelfleet.settings import Settings
 from modelfleet.training.service import execute_job
-from modelfleet.types import Receive, Scope, Send
 
 log = logging.getLogger("modelfleet.training")
 
@@ -42,6 +38,15 @@ class Trainer:
         self.jobs_failed = 0
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "ready": self.ready,
+            "current_job": self.current,
+            "jobs_done": self.jobs_done,
+            "jobs_failed": self.jobs_failed,
+        }
 
     async def start(self) -> None:
         await self.registry.open()
@@ -115,37 +120,6 @@ class Trainer:
         await self.broker.ack(delivery)
 
 
-class TrainerApp:
-    """Health and status over HTTP for the supervisor, while the trainer consumes."""
-
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send, on_startup=self.trainer.start, on_shutdown=self.trainer.stop)
-        elif scope["type"] == "http":
-            await serve_request(self._dispatch, scope, receive, send, log)
-
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, rid: bytes) -> None:
-        path = scope["path"]
-        if path == "/v2/health/live":
-            return await respond(send, 200, b'{"live":true}', rid)
-        if path == "/v2/health/ready":
-            ready = self.trainer.ready
-            return await respond(send, 200 if ready else 503, orjson.dumps({"ready": ready}), rid)
-        if path == "/v1/trainer":
-            status = {
-                "name": self.trainer.name,
-                "ready": self.trainer.ready,
-                "current_job": self.trainer.current,
-                "jobs_done": self.trainer.jobs_done,
-                "jobs_failed": self.trainer.jobs_failed,
-            }
-            return await respond(send, 200, orjson.dumps(status), rid)
-        raise HTTPError(404, f"no route for {scope['method']} {path}")
-
-
 def training_broker(settings: Settings) -> Broker:
     """The broker training jobs go through: the fleet's broker, with the training visibility timeout."""
     return make_broker(
@@ -162,15 +136,4 @@ def serve_trainer(settings: Settings, service: str, port: int) -> None:
         f"{service}-{port}", settings, training_broker(settings), make_registry(settings.store_url),
         Lake.from_settings(settings),
     )  # fmt: skip
-    config = uvicorn.Config(
-        TrainerApp(trainer),
-        host=settings.worker.host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level=settings.log_level if settings.log_level != "info" else "warning",
-        timeout_graceful_shutdown=int(settings.supervisor.drain_timeout_s) or None,
-    )
-    uvicorn.Server(config).run()
+    serve_background(BackgroundApp(trainer, "/v1/trainer", trainer.describe, log), settings, port)
