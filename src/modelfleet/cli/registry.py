@@ -90,7 +90,9 @@ def add_registry_commands(
     history.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _with_registry(settings: Settings, work: Callable[[Registry], Awaitable[T]]) -> T:
+def with_registry(settings: Settings, work: Callable[[Registry], Awaitable[T]]) -> T:
+    """Run ``work`` on the settings' registry, opened for it and closed after (CLI commands)."""
+
     async def run() -> T:
         registry = make_registry(settings.store_url)
         await registry.open()
@@ -116,7 +118,7 @@ def _metrics_text(metrics: dict[str, Any]) -> str:
 
 def cmd_ls(args: argparse.Namespace, settings: Settings) -> int:
     """List registered models: how many versions, the newest, and where each alias points."""
-    summaries = _with_registry(settings, lambda registry: registry.models())
+    summaries = with_registry(settings, lambda registry: registry.models())
     if args.json:
         _print_json({"models": [summary.to_dict() for summary in summaries]})
         return 0
@@ -134,7 +136,7 @@ def cmd_ls(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     """Show one model: its versions with metrics, dataset and creation time, its aliases and rollout."""
-    view = _with_registry(settings, lambda registry: model_view(registry, args.name))
+    view = with_registry(settings, lambda registry: model_view(registry, args.name))
     if args.json:
         _print_json(view)
         return 0
@@ -166,7 +168,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     """Point an alias (default: production) at a version of a model."""
-    event = _with_registry(settings, lambda registry: registry.set_alias(args.name, args.alias, args.version))
+    event = with_registry(settings, lambda registry: registry.set_alias(args.name, args.alias, args.version))
     was = f" (was {event.previous_version})" if event.previous_version is not None else " (new alias)"
     print(f"{event.model}: {event.alias} -> {event.version}{was}")
     return 0
@@ -174,7 +176,7 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     """Move an alias (default: production) back to the version it pointed at before its last promotion."""
-    event = _with_registry(settings, lambda registry: registry.rollback(args.name, args.alias))
+    event = with_registry(settings, lambda registry: registry.rollback(args.name, args.alias))
     print(f"{event.model}: {event.alias} rolled back to {event.version} (was {event.previous_version})")
     return 0
 
@@ -188,7 +190,7 @@ def cmd_delete(args: argparse.Namespace, settings: Settings, delete_artifact: De
             return deleted.artifact_uri, False, None
         return deleted.artifact_uri, *await remove_artifact(delete_artifact, deleted.artifact_uri)
 
-    uri, removed, error = _with_registry(settings, work)
+    uri, removed, error = with_registry(settings, work)
     print(f"deleted version {args.version} of model {args.name}")
     if error is not None:
         print(f"could not delete its artifact at {uri}: {error}", file=sys.stderr)
@@ -204,7 +206,7 @@ def cmd_delete(args: argparse.Namespace, settings: Settings, delete_artifact: De
 
 def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     """Show a model's alias promotions, rollbacks and deletions, newest first."""
-    events = _with_registry(settings, lambda registry: registry.history(args.name, args.alias, args.limit))
+    events = with_registry(settings, lambda registry: registry.history(args.name, args.alias, args.limit))
     if args.json:
         _print_json({"model": args.name, "events": [event.to_dict() for event in events]})
         return 0

@@ -9,19 +9,19 @@ Parsing and printing only.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from modelfleet.cli.registry import with_registry
 from modelfleet.errors import AliasNotFound, ConfigError, InvalidInput, ModelfleetError
-from modelfleet.registry import DEFAULT_ALIAS, AliasEvent, Registry, make_registry
+from modelfleet.registry import DEFAULT_ALIAS, AliasEvent, Registry
 from modelfleet.registry.api import rollout_view
 from modelfleet.settings import Settings, load_settings
 
@@ -104,18 +104,6 @@ def parse_routes(texts: list[str]) -> list[dict[str, Any]]:
     return routes
 
 
-def _with_registry(settings: Settings, work: Callable[[Registry], Awaitable[T]]) -> T:
-    async def run() -> T:
-        registry = make_registry(settings.store_url)
-        await registry.open()
-        try:
-            return await work(registry)
-        finally:
-            await registry.close()
-
-    return asyncio.run(run())
-
-
 def _routes_text(view: dict[str, Any]) -> str:
     routes = ", ".join(f"{r['ref']} (v{r['version'] or '?'}) {r['weight']}%" for r in view["routes"])
     extras = []
@@ -144,7 +132,7 @@ def cmd_set(args: argparse.Namespace, settings: Settings) -> int:
     async def work(registry: Registry) -> dict[str, Any]:
         return await rollout_view(registry, await registry.set_rollout(args.model, spec))
 
-    view = _with_registry(settings, work)
+    view = with_registry(settings, work)
     print(f"{args.model}: rollout set: {_routes_text(view)}")
     return 0
 
@@ -176,7 +164,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         view = await rollout_view(registry, rollout) if rollout is not None else None
         return view, await _production_text(registry, args.model)
 
-    view, production = _with_registry(settings, work)
+    view, production = with_registry(settings, work)
     live = _gateway_rollouts(settings)
     gateway = None
     if live is not None:
@@ -213,7 +201,7 @@ def cmd_clear(args: argparse.Namespace, settings: Settings) -> int:
         cleared = await registry.clear_rollout(args.model)
         return cleared, await _production_text(registry, args.model)
 
-    cleared, production = _with_registry(settings, work)
+    cleared, production = with_registry(settings, work)
     if cleared:
         print(f"{args.model}: rollout cleared; all traffic goes to {production}")
     else:
@@ -251,7 +239,7 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
                 alias_error = str(err)
         return _Rollback(cleared, event, alias_error, await _production_text(registry, args.model))
 
-    outcome = _with_registry(settings, work)
+    outcome = with_registry(settings, work)
     if outcome.cleared is not None:
         print(f"{args.model}: cleared the rollout ({_routes_text(outcome.cleared)})")
     else:
