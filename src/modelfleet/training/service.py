@@ -33,7 +33,6 @@ log = logging.getLogger("modelfleet.training")
 SERVICE_KEYS = frozenset({"test_dataset", "test_fraction", "seed", "text_column", "label_column"})
 """Keys of a job's params that the training service reads; every other key goes to the trainer."""
 
-HIGHER_IS_BETTER = True
 ProgressSink = Callable[[float, str], None]
 
 
