@@ -39,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, AMQPConnectionError
+from aiormq.exceptions import DeliveryError
 
 from modelfleet.broker.broker import BrokerError, DeadLetter, Delivery
 
@@ -54,6 +55,8 @@ _OPERATION_TIMEOUT_S = 30.0
 _FIRST_POLL_PAUSE_S = 0.005
 _MAX_POLL_PAUSE_S = 0.1
 _FAILURES = (*CONNECTION_EXCEPTIONS, TimeoutError)
+_PUBLISH_ATTEMPTS = 4
+_PUBLISH_RETRY_PAUSE_S = 0.05
 
 
 @dataclass(eq=False)
@@ -135,21 +138,30 @@ class RabbitMQBroker:
         """Append a persistent message, confirmed by RabbitMQ; returns its message id."""
         message_id = message_id or uuid.uuid4().hex
         with _failures_as_broker_error(f"publish to {queue!r}"):
-            channel = await self._work_channel()
-            try:
-                await self._declare(channel, queue)
-                await channel.default_exchange.publish(
-                    aio_pika.Message(
-                        body, message_id=message_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
-                    ),
-                    routing_key=queue,
-                    mandatory=True,
-                    timeout=_OPERATION_TIMEOUT_S,
-                )
-            except _FAILURES:
-                # The queue may have been deleted under us: declare it again next time.
-                self._declared.pop(queue, None)
-                raise
+            for attempt in range(1, _PUBLISH_ATTEMPTS + 1):
+                channel = await self._work_channel()
+                try:
+                    await self._declare(channel, queue)
+                    await channel.default_exchange.publish(
+                        aio_pika.Message(
+                            body, message_id=message_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+                        ),
+                        routing_key=queue,
+                        mandatory=True,
+                        timeout=_OPERATION_TIMEOUT_S,
+                    )
+                    break
+                except DeliveryError:
+                    # A quorum queue that is still being created (by this or another client) may
+                    # nack a publish: RabbitMQ did not take the message, so sending it again with
+                    # the same id is safe. Seen in the racing-creation unit test, about 1 run in 2.
+                    if attempt == _PUBLISH_ATTEMPTS:
+                        raise
+                    await asyncio.sleep(_PUBLISH_RETRY_PAUSE_S * attempt)
+                except _FAILURES:
+                    # The queue may have been deleted under us: declare it again next time.
+                    self._declared.pop(queue, None)
+                    raise
         return message_id
 
     async def receive(
