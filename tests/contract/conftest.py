@@ -7,11 +7,15 @@ is unreachable the PostgreSQL cases skip, except under CI=true, where they fail.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.conftest import PostgresServer
+
+from modelfleet.store.engine import connect_store_engine, parse_store_url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -24,3 +28,13 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     name = server.create_database()
     yield server.url_of(name)
     server.drop_database(name)
+
+
+@asynccontextmanager
+async def engine_of(url: str) -> AsyncIterator[AsyncEngine]:
+    """A separate engine on a store's database, to look at it from outside the store."""
+    engine = await connect_store_engine(parse_store_url(url))
+    try:
+        yield engine
+    finally:
+        await engine.dispose()

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
+from tests.contract.conftest import engine_of
 
 from modelfleet.store import (
     MAX_RESULTS_LIMIT,
@@ -27,7 +28,6 @@ from modelfleet.store import (
     make_job_store,
     make_run_store,
 )
-from modelfleet.store.engine import connect_store_engine, parse_store_url
 from modelfleet.store.jobs import BatchSpec
 from modelfleet.store.migrations import MIGRATIONS, Migration, MigrationFailed, applied_migrations, migrate
 from modelfleet.store.schema import jobs, schema_migrations
@@ -74,16 +74,6 @@ async def opened(url: str) -> AsyncIterator[JobStore]:
         yield store
     finally:
         await store.close()
-
-
-@asynccontextmanager
-async def engine_of(url: str) -> AsyncIterator[AsyncEngine]:
-    """A separate engine on the store's database, to look at it from outside the store."""
-    engine = await connect_store_engine(parse_store_url(url))
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 def test_a_created_job_reads_back_exactly(store_url: str) -> None:

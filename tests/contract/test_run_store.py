@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import inspect, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
+from tests.contract.conftest import engine_of
 
 from modelfleet.store import (
     MAX_LIST_LIMIT,
@@ -29,7 +30,6 @@ from modelfleet.store import (
     StoreError,
     make_run_store,
 )
-from modelfleet.store.engine import connect_store_engine, parse_store_url
 from modelfleet.store.migrations import MIGRATIONS, Migration, applied_migrations, migrate
 from modelfleet.store.schema import metadata
 
@@ -70,16 +70,6 @@ async def opened(url: str) -> AsyncIterator[RunStore]:
         yield store
     finally:
         await store.close()
-
-
-@asynccontextmanager
-async def engine_of(url: str) -> AsyncIterator[AsyncEngine]:
-    """A separate engine on the store's database, to look at it from outside the store."""
-    engine = await connect_store_engine(parse_store_url(url))
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 async def all_runs(store: RunStore, pipeline: str | None = None) -> list[PipelineRun]:
