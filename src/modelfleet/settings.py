@@ -187,6 +187,13 @@ class WorkerSettings(_Strict):
     body_limit_bytes: int = Field(4_194_304, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
     max_inputs_per_request: int = Field(1024, ge=1)
+    idle_inline_ms: float = Field(
+        5.0,
+        ge=0,
+        le=1000,
+        description="run a one-input call on the event loop, not a model thread, when it is the only "
+        "call under way and the model's recent one-input calls took at most this long; 0 never does",
+    )
 
 
 class BrokerSettings(_Strict):

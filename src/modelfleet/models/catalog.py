@@ -53,8 +53,11 @@ def import_model_class(reference: str, field: str) -> type[Model[Any, Any]]:
     return cls
 
 
-def build_runner(name: str, spec: ModelSettings, data_dir: str) -> ModelRunner:
-    """Construct (but do not load) the runner for one configured model."""
+def build_runner(name: str, spec: ModelSettings, data_dir: str, idle_inline_ms: float = 0.0) -> ModelRunner:
+    """Construct (but do not load) the runner for one configured model.
+
+    ``idle_inline_ms`` is the worker's ``idle_inline_ms`` setting (see :class:`ModelRunner`).
+    """
     field = f"models.{name}"
     cls = import_model_class(spec.class_, f"{field}.class")
     params = dict(spec.params)
@@ -71,7 +74,7 @@ def build_runner(name: str, spec: ModelSettings, data_dir: str) -> ModelRunner:
         batching = Batching(spec.batching.max_batch_size, spec.batching.max_wait_ms)
     else:
         batching = cls.batching
-    return ModelRunner(name, model, batching)
+    return ModelRunner(name, model, batching, idle_inline_ms)
 
 
 def build_service_runners(settings: Settings, service: str) -> dict[str, ModelRunner]:
@@ -82,7 +85,7 @@ def build_service_runners(settings: Settings, service: str) -> dict[str, ModelRu
         )
     # Registry-backed models are built from their versions' artifacts by the worker's follower.
     return {
-        model: build_runner(model, settings.models[model], settings.data_dir)
+        model: build_runner(model, settings.models[model], settings.data_dir, settings.worker.idle_inline_ms)
         for model in settings.services[service].models
         if settings.models[model].registry is None
     }

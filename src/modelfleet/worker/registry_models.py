@@ -99,7 +99,7 @@ class RegistryModels:
         started = time.perf_counter()
         folder = self.lake.get_artifact(version.artifact_uri, self.cache_dir)
         spec = model.spec.model_copy(update={"params": {**model.spec.params, "artifact_dir": str(folder)}})
-        runner = build_runner(model.name, spec, self.settings.data_dir)
+        runner = build_runner(model.name, spec, self.settings.data_dir, self.settings.worker.idle_inline_ms)
         runner.version = version.version
         runner.load()
         log.info(

@@ -52,3 +52,12 @@ def test_config_batching_overrides_the_class_default() -> None:
     assert runners["c"].batching is None
     with pytest.raises(ConfigError, match="no service named 'zzz'"):
         build_service_runners(settings, "zzz")
+
+
+def test_workers_take_the_idle_inline_budget_from_settings() -> None:
+    config = {"models": {"a": {"class": "echo"}}, "services": {"s": {"models": ["a"]}}}
+    assert build_service_runners(settings_from_dict(config), "s")["a"].idle_inline_ms == 5.0
+    config["worker"] = {"idle_inline_ms": 0}
+    assert build_service_runners(settings_from_dict(config), "s")["a"].idle_inline_ms == 0.0
+    with pytest.raises(ConfigError, match="idle_inline_ms"):
+        settings_from_dict({**config, "worker": {"idle_inline_ms": -1}})

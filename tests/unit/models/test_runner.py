@@ -124,3 +124,90 @@ def test_model_errors_become_prediction_failed_naming_the_model() -> None:
             await ModelRunner("batched", Broken(), Batching(4, 1)).predict([In(n=1)])
 
     asyncio.run(scenario())
+
+
+class Quick(Model[In, Out]):
+    """A sync model that is not marked inline but takes well under a millisecond."""
+
+    input_type = In
+    output_type = Out
+
+    def predict(self, inputs: list[In]) -> list[Out]:
+        return [Out(n=i.n, thread=threading.current_thread().name) for i in inputs]
+
+
+def _thread_of(outputs: list[BaseModel]) -> str:
+    return outputs[0].thread  # type: ignore[attr-defined, no-any-return]
+
+
+def test_a_quick_lone_call_runs_on_the_loop_once_its_time_is_known() -> None:
+    async def scenario() -> None:
+        runner = ModelRunner("quick", Quick(), Batching(8, 0), idle_inline_ms=5.0)
+        runner.load()
+        loop_thread = threading.current_thread().name
+        # The first call has no measured time yet: it goes to the model's thread and is timed.
+        assert _thread_of(await runner.predict([In(n=1)])).startswith("model-quick")
+        assert runner.single_call_ms is not None
+        assert runner.single_call_ms < 5.0
+        # Later lone one-input calls skip the thread hop.
+        assert _thread_of(await runner.predict([In(n=2)])) == loop_thread
+        assert _thread_of(await runner.predict([In(n=3)])) == loop_thread
+        # A call of several inputs is not what was timed: it goes to the thread.
+        assert _thread_of(await runner.predict([In(n=4), In(n=5)])).startswith("model-quick")
+        await runner.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_call_while_another_model_call_is_under_way_goes_to_the_thread() -> None:
+    async def scenario() -> None:
+        quick = ModelRunner("quick", Quick(), None, idle_inline_ms=5.0)
+        slow = ModelRunner("slow", SlowSync(), None, idle_inline_ms=5.0)
+        await quick.predict([In(n=0)])  # timed, so quick may run inline when alone
+        # Given a 200 ms call of another model on its thread
+        busy = asyncio.ensure_future(slow.predict([In(n=1)]))
+        await asyncio.sleep(0.02)
+        # When the quick model is called meanwhile, then it does not take the loop
+        assert _thread_of(await quick.predict([In(n=2)])).startswith("model-quick")
+        assert _thread_of(await busy).startswith("model-slow")
+        # And alone again, it runs on the loop
+        assert _thread_of(await quick.predict([In(n=3)])) == threading.current_thread().name
+        await quick.close()
+        await slow.close()
+
+    asyncio.run(scenario())
+
+
+def test_slow_models_and_a_zero_budget_never_run_on_the_loop() -> None:
+    async def scenario() -> None:
+        slow = ModelRunner("slow", SlowSync(), None, idle_inline_ms=5.0)
+        never = ModelRunner("never", Quick(), None, idle_inline_ms=0.0)
+        for _ in range(2):
+            assert _thread_of(await slow.predict([In(n=1)])).startswith("model-slow")
+            assert _thread_of(await never.predict([In(n=1)])).startswith("model-never")
+        assert slow.single_call_ms is not None
+        assert slow.single_call_ms > 100
+        await slow.close()
+        await never.close()
+
+    asyncio.run(scenario())
+    with pytest.raises(ValueError, match="idle_inline_ms"):
+        ModelRunner("bad", Quick(), None, idle_inline_ms=-1)
+
+
+def test_nothing_runs_inline_beside_a_call_whose_caller_gave_up() -> None:
+    async def scenario() -> None:
+        quick = ModelRunner("quick", Quick(), None, idle_inline_ms=5.0)
+        slow = ModelRunner("slow", SlowSync(), None, idle_inline_ms=5.0)
+        await quick.predict([In(n=0)])
+        # Given a call that timed out for its caller but still runs on the model's thread
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(slow.predict([In(n=1)]), 0.02)
+        # When the quick model is called alone meanwhile, then it still keeps off the loop
+        assert _thread_of(await quick.predict([In(n=2)])).startswith("model-quick")
+        await asyncio.sleep(0.3)  # the abandoned call finishes
+        assert _thread_of(await quick.predict([In(n=3)])) == threading.current_thread().name
+        await quick.close()
+        await slow.close()
+
+    asyncio.run(scenario())
