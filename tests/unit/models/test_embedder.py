@@ -146,6 +146,22 @@ def test_padding_barely_changes_int8_embeddings(embedders: dict[str, MiniLMEmbed
 
 
 @pytest.mark.real_weights
+@pytest.mark.parametrize("runtime", ["onnx-int8", "onnx"])
+def test_one_text_on_its_single_threaded_session_equals_the_batched_result(
+    embedders: dict[str, MiniLMEmbedder], runtime: str
+) -> None:
+    # A call with one text runs on a one-thread session, a batch on the threaded one: same weights,
+    # same graph, so the same vector (a batch of one text twice needs no padding).
+    model = embedders[runtime]
+    assert model._single_text_session is not model._session
+    for text in ["How do I reset my card PIN?", LONG_TEXT, "ok"]:
+        alone = embed(model, [text])[0]
+        batched = embed(model, [text, text])
+        np.testing.assert_allclose(batched[0], alone, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(batched[1], alone, rtol=0, atol=1e-6)
+
+
+@pytest.mark.real_weights
 @pytest.mark.parametrize("runtime", ["onnx-int8", "onnx", "torch"])
 def test_similar_questions_are_closer_than_unrelated_text(
     embedders: dict[str, MiniLMEmbedder], runtime: str

@@ -78,6 +78,11 @@ class MiniLMEmbedder(Model[EmbedInput, EmbedOutput]):
 
     ``runtime`` picks the engine: ``onnx-int8`` (default: smallest and fastest), ``onnx`` (fp32,
     numerically the same as torch) or ``torch`` (sentence-transformers itself, for reference).
+    ``threads`` is the intra-op threads of a batch. A call with one text runs on a second,
+    single-threaded ONNX session: without spinning, a second thread must be woken for each of the
+    graph's parallel regions, which costs a lone text more than it saves (measured with a 2 ms gap
+    between calls: 2.65 ms on one thread, 3.0 ms on two; two threads win from four texts on). The
+    second session holds its own copy of the weights (about 25 MB for int8).
     """
 
     input_type = EmbedInput
@@ -103,6 +108,7 @@ class MiniLMEmbedder(Model[EmbedInput, EmbedOutput]):
         self.threads = threads
         self.artifact_dir = Path(data_dir) / "artifacts" / ARTIFACT_NAME
         self._session: onnxruntime.InferenceSession | None = None
+        self._single_text_session: onnxruntime.InferenceSession | None = None
         self._tokenizer: Tokenizer | None = None
         self._sentence_transformer: Any = None
 
@@ -113,6 +119,9 @@ class MiniLMEmbedder(Model[EmbedInput, EmbedOutput]):
         export_onnx(self.artifact_dir)
         model_file = INT8_FILE if self.runtime == "onnx-int8" else FP32_FILE
         self._session = _ort_session(self.artifact_dir / model_file, self.threads)
+        self._single_text_session = (
+            _ort_session(self.artifact_dir / model_file, 1) if self.threads > 1 else self._session
+        )
         self._tokenizer = _tokenizer()
 
     def predict(self, inputs: list[EmbedInput]) -> list[EmbedOutput]:
@@ -145,10 +154,11 @@ class MiniLMEmbedder(Model[EmbedInput, EmbedOutput]):
         return np.asarray(vectors, dtype=np.float32)
 
     def _embed_onnx(self, texts: list[str]) -> Float32Array:
-        if self._session is None or self._tokenizer is None:
+        if self._session is None or self._single_text_session is None or self._tokenizer is None:
             raise RuntimeError("load() has not been called")
         feeds = _encode(self._tokenizer, texts)
-        (hidden,) = self._session.run([_OUTPUT_NAME], feeds)
+        session = self._single_text_session if len(texts) == 1 else self._session
+        (hidden,) = session.run([_OUTPUT_NAME], feeds)
         return _mean_pool(np.asarray(hidden, dtype=np.float32), feeds["attention_mask"])
 
 
