@@ -77,11 +77,26 @@ async def all_runs(store: RunStore, pipeline: str | None = None) -> list[Pipelin
 
 
 class CountingStore:
-    """A real store, passed through, counting ``save_runs`` calls (each is one transaction)."""
+    """A real store, passed through, counting ``save_runs`` calls (each is one transaction).
 
-    def __init__(self, inner: RunStore) -> None:
+    ``save_now`` declines, as PostgreSQL's always does, so that every save goes through the
+    writer's batches, unless ``now`` lets it through to the real store (counted in ``now_calls``).
+    """
+
+    def __init__(self, inner: RunStore, now: bool = False) -> None:
         self.inner = inner
+        self.now = now
         self.save_calls = 0
+        self.now_calls = 0
+        self.now_saved = 0
+
+    def save_now(self, runs: Sequence[PipelineRun]) -> bool:
+        if not self.now:
+            return False
+        self.now_calls += 1
+        saved = self.inner.save_now(runs)
+        self.now_saved += saved
+        return saved
 
     async def open(self) -> None:
         await self.inner.open()
@@ -526,6 +541,78 @@ def test_values_that_are_not_json_are_refused_and_nothing_of_the_batch_is_saved(
     assert run(body()) == []
 
 
+def test_save_now_commits_on_sqlite_and_declines_on_postgresql(store_url: str) -> None:
+    async def body() -> tuple[bool, list[str]]:
+        async with opened(store_url) as store:
+            saved = store.save_now([a_run("now", steps=[])]) and store.save_now([a_run("now-too")])
+            # Saving a stored run again keeps the first, as save_runs does
+            again = store.save_now([a_run("now", output={"label": "changed"})])
+            assert again == saved
+            return saved, [r.id for r in await all_runs(store)]
+
+    saved, stored = run(body())
+
+    if store_url.startswith("sqlite"):
+        assert saved
+        assert sorted(stored) == ["now", "now-too"]
+    else:
+        # PostgreSQL is a network round trip: it never saves without waiting, and did nothing
+        assert not saved
+        assert stored == []
+
+
+def test_save_now_refuses_bad_runs_and_a_closed_store(store_url: str) -> None:
+    async def body() -> None:
+        store = make_run_store(store_url)
+        with pytest.raises(StoreError, match="not open"):
+            store.save_now([a_run("early")])
+        await store.open()
+        try:
+            bad_runs = [a_run("nan", output={"score": float("nan")}), a_run("nul\x00id")]
+            if store_url.startswith("sqlite"):
+                with pytest.raises(RunRejected, match="refused the data"):
+                    store.save_now(bad_runs[:1])
+                with pytest.raises(RunRejected, match="NUL"):
+                    store.save_now(bad_runs[1:])
+            else:
+                # Declined before looking: save_runs, which the caller uses instead, refuses them
+                assert not store.save_now(bad_runs)
+            assert await all_runs(store) == []
+        finally:
+            await store.close()
+
+    run(body())
+
+
+def test_writer_saves_spaced_runs_at_once_and_bursts_together(store_url: str) -> None:
+    async def body() -> None:
+        store = CountingStore(make_run_store(store_url), now=True)
+        await store.open()
+        writer = RunWriter(store, now_spacing_s=0.001)
+        try:
+            # Given saves 5 ms apart, as at concurrency 1
+            for n in range(3):
+                await writer.save(a_run(f"spaced-{n}"))
+                await asyncio.sleep(0.005)
+            if store_url.startswith("sqlite"):
+                # Then each was committed on the spot, with no hand-off to the writer task
+                assert (store.now_saved, store.save_calls) == (3, 0)
+            else:
+                assert (store.now_saved, store.save_calls) == (0, 3)
+            # When 100 saves arrive at once, then at most the first is saved on the spot
+            before_now, before_batches = store.now_calls, store.save_calls
+            await asyncio.gather(*(writer.save(a_run(f"burst-{n:03d}")) for n in range(100)))
+            assert store.now_calls - before_now <= 1
+            assert store.save_calls - before_batches <= 3
+            assert len(await all_runs(store)) == 103
+            assert (writer.written, writer.failed) == (103, 0)
+        finally:
+            await writer.close()
+            await store.close()
+
+    run(body())
+
+
 def test_writer_commits_concurrent_saves_together(store_url: str) -> None:
     async def body() -> tuple[int, int, list[PipelineRun]]:
         store = CountingStore(make_run_store(store_url))
@@ -647,7 +734,9 @@ def test_closing_the_writer_flushes_queued_runs_then_refuses_more(store_url: str
 
 def test_a_cancelled_save_still_writes_its_run(store_url: str) -> None:
     async def body() -> None:
-        async with opened(store_url) as store:
+        async with opened(store_url) as real:
+            # A store that never saves on the spot, so the run waits in the writer's queue
+            store = CountingStore(real)
             writer = RunWriter(store)
             try:
                 task = asyncio.create_task(writer.save(a_run("impatient")))

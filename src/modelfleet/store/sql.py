@@ -7,6 +7,7 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
 import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
-from modelfleet.store.engine import Backend, StoreUrl, write_transaction
+from modelfleet.store.engine import Backend, write_transaction
 from modelfleet.store.errors import RunNotFound, RunRejected
 from modelfleet.store.lifecycle import StoreEngine
 from modelfleet.store.records import PipelineRun, RunPage, RunStatus, StepRecord, StepStatus
@@ -27,6 +28,12 @@ from modelfleet.store.schema import runs as runs_table
 from modelfleet.store.store import MAX_LIST_LIMIT
 from modelfleet.store.translation import printable, translated
 
+log = logging.getLogger("modelfleet.store")
+
+# Inline commits between two checkpoints of the write-ahead log, run on the writer thread.
+_CHECKPOINT_EVERY = 256
+_SQLITE_LOCK_ERRORS = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
 
 class SqlRunStore:
     """Pipeline runs in SQLite (``sqlite:///path``) or PostgreSQL (``postgresql://...``).
@@ -34,12 +41,22 @@ class SqlRunStore:
     The embedded default is a SQLite file in WAL mode; several processes may share it. ``open``
     creates the file's folder and migrates the schema. ``busy_timeout_ms`` is how long a SQLite
     writer waits for another's lock. Raises ConfigError for a URL it cannot use.
+
+    On SQLite a save is one blocking transaction. ``save_runs`` runs it on the store's writer
+    thread, which waits up to ``busy_timeout_ms`` for the lock. ``save_now`` runs it on the
+    caller's thread with a connection that never waits: a one-run save takes about 0.06 ms, less
+    than handing it to the writer thread and back (two thread wake-ups; 0.15-0.2 ms in all,
+    measured at concurrency 1). That connection never checkpoints the write-ahead log itself (a
+    checkpoint syncs the disk); every ``_CHECKPOINT_EVERY`` of its commits the writer thread does.
+    PostgreSQL is reached over the network, so its ``save_now`` always declines.
     """
 
     def __init__(self, url: str, *, busy_timeout_ms: int = 10_000) -> None:
         self._engine = StoreEngine(url, busy_timeout_ms, "run store", RunRejected)
         self._busy_timeout_ms = busy_timeout_ms
-        self._sqlite: sqlite3.Connection | None = None
+        self._sqlite: sqlite3.Connection | None = None  # used on the writer thread only
+        self._sqlite_inline: sqlite3.Connection | None = None  # used on the event loop's thread only
+        self._inline_commits = 0
         self._writer_thread: ThreadPoolExecutor | None = None
         if self._engine.backend == "sqlite":
             self._insert_runs = (
@@ -65,6 +82,9 @@ class SqlRunStore:
 
     async def close(self) -> None:
         thread, self._writer_thread = self._writer_thread, None
+        inline, self._sqlite_inline = self._sqlite_inline, None
+        if inline is not None:
+            inline.close()
         if thread is not None:
             # Closed on its own thread: sqlite3 connections may only be closed where they were made.
             await asyncio.get_running_loop().run_in_executor(thread, self._close_sqlite)
@@ -81,11 +101,9 @@ class SqlRunStore:
         rows = [_run_row(run) for run in unique.values()]
         with translated(f"saving {len(rows)} run(s)", RunRejected):
             if self._writer_thread is not None:
-                # SQLite: the whole transaction in one call on the writer thread (see open()).
+                # SQLite: the whole transaction in one blocking call (see the class docstring).
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(
-                    self._writer_thread, self._save_blocking, self._engine.url, rows, unique
-                )
+                await loop.run_in_executor(self._writer_thread, self._save_on_writer_thread, rows, unique)
                 return
             async with write_transaction(engine) as connection:
                 result = await connection.execute(self._insert_runs, rows)
@@ -93,8 +111,48 @@ class SqlRunStore:
                 if steps:
                     await connection.execute(run_steps.insert(), steps)
 
+    def save_now(self, runs: Sequence[PipelineRun]) -> bool:
+        self._open_engine()  # raises StoreError when the store is not open
+        if self._writer_thread is None:
+            return False  # PostgreSQL: every transaction waits for the network
+        unique: dict[str, PipelineRun] = {}
+        for run in runs:
+            unique.setdefault(run.id, run)
+        if not unique:
+            return True
+        rows = [_run_row(run) for run in unique.values()]
+        with translated(f"saving {len(rows)} run(s)", RunRejected):
+            connection = self._sqlite_inline
+            if connection is None:
+                connection = self._sqlite_inline = self._connect(busy_timeout_ms=0, checkpoints=False)
+            try:
+                self._save_blocking(connection, rows, unique)
+            except sqlite3.OperationalError as err:
+                if err.sqlite_errorcode in _SQLITE_LOCK_ERRORS:
+                    return False  # another writer holds the lock: save_runs waits for it
+                raise
+        self._inline_commits += 1
+        if self._inline_commits % _CHECKPOINT_EVERY == 0 and self._writer_thread is not None:
+            self._writer_thread.submit(self._checkpoint)
+        return True
+
+    def _save_on_writer_thread(self, rows: list[dict[str, Any]], unique: dict[str, PipelineRun]) -> None:
+        if self._sqlite is None:
+            self._sqlite = self._connect(self._busy_timeout_ms, checkpoints=True)
+        self._save_blocking(self._sqlite, rows, unique)
+
+    def _checkpoint(self) -> None:
+        # On the writer thread; PASSIVE never waits for readers. A failure only delays the next one.
+        try:
+            if self._sqlite is None:
+                self._sqlite = self._connect(self._busy_timeout_ms, checkpoints=True)
+            self._sqlite.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as err:
+            log.warning("run store: checkpointing the write-ahead log failed: %s", err)
+
+    @staticmethod
     def _save_blocking(
-        self, url: StoreUrl, rows: list[dict[str, Any]], unique: dict[str, PipelineRun]
+        connection: sqlite3.Connection, rows: list[dict[str, Any]], unique: dict[str, PipelineRun]
     ) -> None:
         # Plain sqlite3 with the values encoded as SQLAlchemy's column types encode them (the
         # contract tests read these rows back through SQLAlchemy): a run's save costs a tenth of
@@ -103,7 +161,6 @@ class SqlRunStore:
             run_values = [_sqlite_run(row) for row in rows]
         except (TypeError, ValueError) as err:
             raise RunRejected(f"saving {len(rows)} run(s): the database refused the data: {err}") from err
-        connection = self._sqlite_connection(url)
         connection.execute("BEGIN IMMEDIATE")
         try:
             inserted = {
@@ -121,16 +178,17 @@ class SqlRunStore:
                 connection.execute("ROLLBACK")
             raise
 
-    def _sqlite_connection(self, url: StoreUrl) -> sqlite3.Connection:
-        # Made, used and closed only on the writer thread.
-        if self._sqlite is None:
-            assert url.sqlite_path is not None
-            connection = sqlite3.connect(url.sqlite_path, isolation_level=None, check_same_thread=True)
-            connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-            connection.execute("PRAGMA foreign_keys = ON")
-            connection.execute("PRAGMA synchronous = NORMAL")
-            self._sqlite = connection
-        return self._sqlite
+    def _connect(self, busy_timeout_ms: int, checkpoints: bool) -> sqlite3.Connection:
+        # Each connection is made, used and closed on one thread (check_same_thread holds us to it).
+        path = self._engine.url.sqlite_path
+        assert path is not None
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+        connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        connection.execute("PRAGMA foreign_keys = ON")
+        connection.execute("PRAGMA synchronous = NORMAL")
+        if not checkpoints:
+            connection.execute("PRAGMA wal_autocheckpoint = 0")
+        return connection
 
     def _close_sqlite(self) -> None:
         connection, self._sqlite = self._sqlite, None

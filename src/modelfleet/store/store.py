@@ -35,6 +35,15 @@ class RunStore(Protocol):
         """
         ...
 
+    def save_now(self, runs: Sequence[PipelineRun]) -> bool:
+        """Store ``runs`` as ``save_runs`` does, on this thread, if that needs no waiting at all.
+
+        True when they are stored; False, having done nothing, when the store cannot (it would wait
+        for a lock or for the network), and the caller uses ``save_runs``. Blocks the caller for
+        the transaction's own work only, so a caller on an event loop may use it when idle.
+        """
+        ...
+
     async def get_run(self, run_id: str) -> PipelineRun:
         """The run with this id; raises RunNotFound."""
         ...

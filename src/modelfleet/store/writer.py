@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections import deque
 
 from modelfleet.store.errors import RunRejected, StoreError
@@ -20,15 +22,25 @@ class RunWriter:
     pays for, and when idle a save commits at once. At most ``max_batch`` runs go in one
     transaction.
 
+    A save arriving while the writer is idle, and at least ``now_spacing_s`` after the last save
+    offered so, is first offered to the store's ``save_now``, which commits it on the spot when
+    that needs no waiting (SQLite with its lock free). At concurrency 1 that spares the hand-off to
+    the writer task and the store's thread; under load, or in a burst, saves come closer together
+    than the spacing and share transactions as before, so the event loop spends at most one
+    one-run commit (about 0.06 ms on SQLite) per ``now_spacing_s`` on them.
+
     When a transaction fails every save in it raises StoreError, except that when the database
     refused a run's content (RunRejected) the batch is retried one run at a time, so that only
     the faulty run's save fails. Nothing is dropped silently. ``written`` and ``failed`` count
-    runs, ``transactions`` counts ``save_runs`` calls, for metrics.
+    runs, ``transactions`` counts transactions (``save_now`` and ``save_runs`` calls that wrote or
+    failed), for metrics.
     """
 
-    def __init__(self, store: RunStore, max_batch: int = 256) -> None:
+    def __init__(self, store: RunStore, max_batch: int = 256, now_spacing_s: float = 0.001) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if now_spacing_s < 0:
+            raise ValueError(f"now_spacing_s must be 0 or more, got {now_spacing_s}")
         self.written = 0
         self.failed = 0
         self.transactions = 0
@@ -38,6 +50,9 @@ class RunWriter:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._writing = False  # a transaction of the writer task is under way
+        self._now_spacing_s = now_spacing_s
+        self._last_now = -math.inf  # monotonic time of the last save offered to save_now
 
     async def save(self, run: PipelineRun) -> None:
         """Return once ``run`` is committed; raises StoreError (or RunRejected) when it was not.
@@ -46,6 +61,12 @@ class RunWriter:
         """
         if self._closed:
             raise StoreError(f"the run writer is closed; run {run.id!r} was not saved")
+        if not self._queue and not self._writing:
+            now = time.monotonic()
+            if now - self._last_now >= self._now_spacing_s:
+                self._last_now = now
+                if self._saved_now(run):
+                    return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((run, future))
         self._wakeup.set()
@@ -70,11 +91,30 @@ class RunWriter:
                     await self._wakeup.wait()
                     continue
                 count = min(self._max_batch, len(self._queue))
-                await self._write([self._queue.popleft() for _ in range(count)])
+                self._writing = True
+                try:
+                    await self._write([self._queue.popleft() for _ in range(count)])
+                finally:
+                    self._writing = False
         finally:
             # Only reached early when the task is cancelled (event loop shutting down).
             self._reject(list(self._queue), StoreError("the run writer stopped before this run was saved"))
             self._queue.clear()
+
+    def _saved_now(self, run: PipelineRun) -> bool:
+        """True when the store committed ``run`` on the spot; raises as a failed save would."""
+        try:
+            saved = self._store.save_now([run])
+        except Exception as err:
+            self.transactions += 1
+            self.failed += 1
+            if isinstance(err, StoreError):  # RunRejected included
+                raise
+            raise StoreError(f"saving runs failed: {err!r}") from err
+        if saved:
+            self.transactions += 1
+            self.written += 1
+        return saved
 
     async def _write(self, batch: list[_Waiter]) -> None:
         try:
