@@ -39,7 +39,7 @@ from modelfleet.http import (
     status_of,
 )
 from modelfleet.metrics import PROMETHEUS_CONTENT_TYPE, WorkerMetrics
-from modelfleet.models.runner import ModelRunner, describe_validation_error
+from modelfleet.models.runner import PROCESS_LOAD, ModelRunner, describe_validation_error
 from modelfleet.pipeline.spec import CompiledPipeline
 from modelfleet.settings import WorkerSettings
 from modelfleet.types import TIMEOUT_HEADER, Receive, Scope, Send
@@ -117,7 +117,11 @@ class WorkerApp:
             if scope["type"] == "lifespan":
                 await lifespan(receive, send, on_startup=self.start, on_shutdown=self.close)
             return
-        await serve_request(self._dispatch, scope, receive, send, log)
+        PROCESS_LOAD.requests += 1
+        try:
+            await serve_request(self._dispatch, scope, receive, send, log)
+        finally:
+            PROCESS_LOAD.requests -= 1
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, rid: bytes) -> None:
         method = scope["method"]
