@@ -92,9 +92,7 @@ class SqlRunStore:
         await self._engine.close()
 
     async def save_runs(self, runs: Sequence[PipelineRun]) -> None:
-        unique: dict[str, PipelineRun] = {}
-        for run in runs:
-            unique.setdefault(run.id, run)
+        unique = _first_of_each_id(runs)
         if not unique:
             return
         engine = self._open_engine()
@@ -115,9 +113,7 @@ class SqlRunStore:
         self._open_engine()  # raises StoreError when the store is not open
         if self._writer_thread is None:
             return False  # PostgreSQL: every transaction waits for the network
-        unique: dict[str, PipelineRun] = {}
-        for run in runs:
-            unique.setdefault(run.id, run)
+        unique = _first_of_each_id(runs)
         if not unique:
             return True
         rows = [_run_row(run) for run in unique.values()]
@@ -132,21 +128,23 @@ class SqlRunStore:
                     return False  # another writer holds the lock: save_runs waits for it
                 raise
         self._inline_commits += 1
-        if self._inline_commits % _CHECKPOINT_EVERY == 0 and self._writer_thread is not None:
+        if self._inline_commits % _CHECKPOINT_EVERY == 0:
             self._writer_thread.submit(self._checkpoint)
         return True
 
-    def _save_on_writer_thread(self, rows: list[dict[str, Any]], unique: dict[str, PipelineRun]) -> None:
+    def _writer_connection(self) -> sqlite3.Connection:
+        # Made, used and closed only on the writer thread.
         if self._sqlite is None:
             self._sqlite = self._connect(self._busy_timeout_ms, checkpoints=True)
-        self._save_blocking(self._sqlite, rows, unique)
+        return self._sqlite
+
+    def _save_on_writer_thread(self, rows: list[dict[str, Any]], unique: dict[str, PipelineRun]) -> None:
+        self._save_blocking(self._writer_connection(), rows, unique)
 
     def _checkpoint(self) -> None:
         # On the writer thread; PASSIVE never waits for readers. A failure only delays the next one.
         try:
-            if self._sqlite is None:
-                self._sqlite = self._connect(self._busy_timeout_ms, checkpoints=True)
-            self._sqlite.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self._writer_connection().execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as err:
             log.warning("run store: checkpointing the write-ahead log failed: %s", err)
 
@@ -302,6 +300,14 @@ def _new_step_rows(runs: dict[str, PipelineRun], inserted: set[str]) -> list[dic
         if run.id in inserted
         for position, step in enumerate(run.steps)
     ]
+
+
+def _first_of_each_id(runs: Sequence[PipelineRun]) -> dict[str, PipelineRun]:
+    """The runs by id, the first of each id kept (a repeated run is stored once)."""
+    unique: dict[str, PipelineRun] = {}
+    for run in runs:
+        unique.setdefault(run.id, run)
+    return unique
 
 
 def _run_row(run: PipelineRun) -> dict[str, Any]:
