@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -75,6 +76,8 @@ class RunningFleet:
     run_dir: Path
     gateway: str = ""
     output: list[str] = field(default_factory=list)
+    # When "modelfleet is up" was printed (time.monotonic()).
+    up_at: float | None = None
 
     def cli(self, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -147,6 +150,7 @@ def start_fleet(directory: Path, config: dict[str, Any] | Path, timeout_s: float
             match = re.search(r"modelfleet is up: gateway (\S+)", line)
             if match:
                 fleet.gateway = match.group(1)
+                fleet.up_at = time.monotonic()
                 up.set()
 
     threading.Thread(target=drain, daemon=True).start()
@@ -156,6 +160,72 @@ def start_fleet(directory: Path, config: dict[str, Any] | Path, timeout_s: float
             fleet.stop()
             raise RuntimeError("fleet did not come up:\n" + "".join(fleet.output))
     return fleet
+
+
+def free_port() -> int:
+    """A loopback port free now (for a test that must know the gateway's port before `up`)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Probe:
+    at: float
+    what: str
+    status: int | None
+    body: bytes = b""
+
+
+class ReadinessWatch:
+    """Polls a gateway's /v2/health/ready from before it exists; once it says 200, also sends a
+    predict to each of ``models`` on every round, recording every answer."""
+
+    def __init__(self, gateway: str, models: dict[str, Any], interval_s: float = 0.05) -> None:
+        self.gateway = gateway
+        self.models = models
+        self.interval_s = interval_s
+        self.probes: list[Probe] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> ReadinessWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _call(self, what: str, url: str, method: str = "GET", body: Any = None) -> Probe:
+        started = time.monotonic()
+        try:
+            reply = call(url, method, body, timeout_s=10)
+            probe = Probe(started, what, reply.status, reply.body)
+        except OSError as err:
+            probe = Probe(started, what, None, str(err).encode())
+        self.probes.append(probe)
+        return probe
+
+    def _run(self) -> None:
+        ready_seen = False
+        while not self._stop.is_set():
+            ready = self._call("ready", f"{self.gateway}/v2/health/ready")
+            ready_seen = ready_seen or ready.status == 200
+            if ready_seen:
+                for model, body in self.models.items():
+                    self._call(model, f"{self.gateway}/v1/models/{model}/predict", "POST", body)
+            self._stop.wait(self.interval_s)
+
+    def first_ready_at(self) -> float | None:
+        return next((p.at for p in self.probes if p.what == "ready" and p.status == 200), None)
+
+    def failures_once_ready(self) -> list[Probe]:
+        """Every answer other than 200, readiness or predict, from the first ready 200 on."""
+        since = self.first_ready_at()
+        if since is None:
+            return []
+        return [p for p in self.probes if p.at >= since and p.status != 200]
 
 
 @pytest.fixture

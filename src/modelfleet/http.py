@@ -32,7 +32,7 @@ from modelfleet.errors import (
     VersionNotFound,
 )
 from modelfleet.store.errors import JobNotFound, StoreError
-from modelfleet.types import JSON_CONTENT_TYPE, REQUEST_ID_HEADER, Receive, Scope, Send
+from modelfleet.types import JSON_CONTENT_TYPE, OCTET_STREAM, REQUEST_ID_HEADER, Receive, Scope, Send
 
 
 class HTTPError(Exception):
@@ -127,15 +127,22 @@ def request_id_of(scope: Scope) -> bytes:
     return uuid.uuid4().hex.encode()
 
 
-def check_json_content_type(scope: Scope) -> None:
-    """Accept application/json (or no content type at all); anything else is 415."""
+def check_json_content_type(scope: Scope, binary_ok: bool = False) -> None:
+    """Accept application/json (or no content type at all); anything else is 415.
+
+    ``binary_ok`` also accepts application/octet-stream: an inference request carrying binary
+    tensor data after its JSON header.
+    """
     ctype = get_header(scope, b"content-type")
     if ctype is None:
         return
     media = ctype.split(b";", 1)[0].strip().lower()
-    if media != JSON_CONTENT_TYPE and not (media.startswith(b"application/") and media.endswith(b"+json")):
+    if media == JSON_CONTENT_TYPE or (binary_ok and media == OCTET_STREAM):
+        return
+    if not (media.startswith(b"application/") and media.endswith(b"+json")):
+        allowed = "application/json or application/octet-stream" if binary_ok else "application/json"
         raise HTTPError(
-            415, f"unsupported media type {media.decode('latin-1')!r}; send Content-Type: application/json"
+            415, f"unsupported media type {media.decode('latin-1')!r}; send Content-Type: {allowed}"
         )
 
 

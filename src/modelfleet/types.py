@@ -12,5 +12,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_CONTENT_TYPE = b"application/json"
+OCTET_STREAM = b"application/octet-stream"
 REQUEST_ID_HEADER = b"x-request-id"
 TIMEOUT_HEADER = b"x-request-timeout-ms"
+# The Open Inference Protocol's binary tensor data extension: the length of the JSON header that
+# binary tensor data follows, on requests and answers alike.
+BINARY_HEADER_LENGTH = b"inference-header-content-length"

@@ -4,35 +4,27 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import ROOT, RunningFleet, call, start_fleet, write_config
+from tests.conftest import ReadinessWatch, RunningFleet, call
+from tests.e2e.conftest import DEFAULT_MODELS
 
 pytestmark = pytest.mark.real_weights
 
 
-@pytest.fixture(scope="module")
-def default_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
-    directory = tmp_path_factory.mktemp("default")
-    config = yaml.safe_load((ROOT / "fleet.yaml").read_text())
-    # Same fleet, but on free ports and a private run folder; the artifact cache is the project's.
-    config["gateway"]["port"] = 0
-    config["data_dir"] = str(ROOT / ".modelfleet")
-    # The registry (in the store) and the lake start empty, so intent and spam are trained on start.
-    config["lake"] = {"root": str(directory / "lake")}
-    for model in config["models"].values():
-        bootstrap = (model.get("registry") or {}).get("bootstrap") or {}
-        for field in ("dataset", "test_dataset"):
-            if field in bootstrap:
-                bootstrap[field] = str((ROOT / bootstrap[field]).resolve())
-    path: Path = write_config(directory, config)
-    running = start_fleet(directory, path, timeout_s=600)
-    yield running
-    running.stop()
+def test_readiness_from_the_first_moment_of_up_tells_the_truth(
+    default_start: tuple[RunningFleet, ReadinessWatch],
+) -> None:
+    fleet, watch = default_start
+    assert fleet.up_at is not None
+    readiness = [p for p in watch.probes if p.what == "ready"]
+    assert readiness[0].status != 200, "the watch started after the gateway was already ready"
+    assert [p for p in readiness if p.at >= fleet.up_at and p.status != 200] == []
+    # Once the gateway said ready, every readiness answer and every predict was a 200
+    assert watch.failures_once_ready() == []
+    answered = {p.what for p in watch.probes if p.status == 200}
+    assert answered >= set(DEFAULT_MODELS)
 
 
 def _cosine(a: list[float], b: list[float]) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RunningFleet, call, start_fleet
+from tests.conftest import ReadinessWatch, RunningFleet, call, free_port, start_fleet
 
 CONFIG: dict[str, Any] = {
     "gateway": {"body_limit_bytes": 65_536, "health_interval_s": 0.2, "health_timeout_s": 0.5},
@@ -388,3 +388,37 @@ def test_a_replica_that_stops_answering_leaves_rotation_and_comes_back(fleet: Ru
     finally:
         os.kill(victim["pid"], signal.SIGCONT)
     assert _wait_for(lambda: _healthy(fleet, "light-1"), 10), "thawed replica not back in rotation"
+
+
+def test_readiness_polled_from_the_first_moment_of_up_never_lets_a_predict_fail(tmp_path: Path) -> None:
+    # Given a fleet of two services with the gateway's default probe interval, on a known port
+    port = free_port()
+    config = {
+        "gateway": {"port": port},
+        "models": {
+            "echo": {"class": "echo"},
+            "slow": {"class": "mf_test_models:SlowToLoad", "params": {"load_s": 2.0}},
+        },
+        "services": {"one": {"models": ["echo"]}, "two": {"models": ["slow"], "replicas": 2}},
+    }
+    models = {"echo": {"text": "hi"}, "slow": {"text": "great"}}
+    # When a client polls readiness from before `up` starts, and predicts on every model once ready
+    watch = ReadinessWatch(f"http://127.0.0.1:{port}", models).start()
+    fleet = start_fleet(tmp_path / "fleet", config)
+    try:
+        time.sleep(3)
+    finally:
+        watch.stop()
+        fleet.stop()
+    assert fleet.up_at is not None
+    # Then it saw the fleet not ready at first, ready before or when `up` said so, and then
+    # nothing but 200s: no readiness flapping and no failed predict
+    before = [p for p in watch.probes if p.what == "ready" and p.at < fleet.up_at]
+    assert before, "the watch did not start before the fleet"
+    assert before[0].status != 200
+    after_up = [p for p in watch.probes if p.what == "ready" and p.at >= fleet.up_at]
+    assert after_up
+    assert [p for p in after_up if p.status != 200] == []
+    assert watch.failures_once_ready() == []
+    predicted = {p.what for p in watch.probes if p.what in models and p.status == 200}
+    assert predicted == set(models)

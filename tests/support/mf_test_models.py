@@ -135,3 +135,20 @@ class KeywordIntent(Model[TextIn, LabelOut]):
             label = next((v for k, v in self.keywords.items() if k in text), "other")
             out.append(LabelOut(label=label, score=0.8))
         return out
+
+
+class SlowToLoad(Model[TextIn, TextIn]):
+    """Echoes the text; its load takes ``load_s`` seconds, as loading real weights does."""
+
+    input_type = TextIn
+    output_type = TextIn
+    inline = True
+
+    def __init__(self, load_s: float = 2.0) -> None:
+        self.load_s = load_s
+
+    def load(self) -> None:
+        time.sleep(self.load_s)
+
+    def predict(self, inputs: list[TextIn]) -> list[TextIn]:
+        return list(inputs)

@@ -55,9 +55,42 @@ from modelfleet.registry.api import RegistryAPI
 from modelfleet.settings import GatewaySettings
 from modelfleet.store.store import RunStore
 from modelfleet.training.api import TrainingAPI
-from modelfleet.types import JSON_CONTENT_TYPE, REQUEST_ID_HEADER, TIMEOUT_HEADER, Receive, Scope, Send
+from modelfleet.types import (
+    BINARY_HEADER_LENGTH,
+    JSON_CONTENT_TYPE,
+    REQUEST_ID_HEADER,
+    TIMEOUT_HEADER,
+    Receive,
+    Scope,
+    Send,
+)
 
 log = logging.getLogger("modelfleet.gateway")
+
+# The Open Inference Protocol extensions the fleet speaks; workers list the same.
+EXTENSIONS = ["binary_tensor_data"]
+_JSON_BODY = ((b"content-type", JSON_CONTENT_TYPE),)
+_STARTING_PROBE_INTERVAL_S = 0.1
+
+
+def _binary_request_headers(scope: Scope) -> list[tuple[bytes, bytes]] | None:
+    """The headers to forward for an inference request with binary tensor data, or None for JSON.
+
+    The body itself is forwarded unparsed: the worker reads the binary framing.
+    """
+    length = get_header(scope, BINARY_HEADER_LENGTH)
+    if length is None:
+        return None
+    ctype = get_header(scope, b"content-type")
+    headers = [(BINARY_HEADER_LENGTH, length)]
+    if ctype is not None:
+        headers.append((b"content-type", ctype))
+    return headers
+
+
+def _binary_answer(response: UpstreamResponse) -> list[tuple[bytes, bytes]]:
+    length = response.header(BINARY_HEADER_LENGTH)
+    return [] if length is None else [(BINARY_HEADER_LENGTH, length)]
 
 
 class MountedAPI(Protocol):
@@ -134,14 +167,26 @@ class GatewayApp:
             replica_set.close()
 
     async def _health_loop(self) -> None:
+        # The first round runs at once: until every service has passed a probe the gateway is not
+        # ready, and until then it probes more often, so a starting fleet is ready soon after its
+        # workers are.
         while True:
-            await asyncio.sleep(self.settings.health_interval_s)
             try:
                 await asyncio.gather(
                     *(s.probe(self.settings.health_timeout_s) for s in self.services.values())
                 )
             except Exception:
                 log.exception("health probing failed")
+            interval_s = self.settings.health_interval_s
+            if not all(s.probed() for s in self.services.values()):
+                interval_s = min(interval_s, _STARTING_PROBE_INTERVAL_S)
+            await asyncio.sleep(interval_s)
+
+    def ready(self) -> tuple[bool, list[str]]:
+        """Ready once every service routed to has a replica that passed a probe and is in rotation;
+        also the services that are not."""
+        down = [name for name, s in self.services.items() if not s.ready()]
+        return not down, down
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -183,13 +228,13 @@ class GatewayApp:
                 return await respond(send, 200, orjson.dumps(answer), rid)
         if head == "v2" and method in ("GET", "HEAD"):
             if n == 1:
-                meta = {"name": "modelfleet-gateway", "version": __version__, "extensions": []}
+                meta = {"name": "modelfleet-gateway", "version": __version__, "extensions": EXTENSIONS}
                 return await respond(send, 200, orjson.dumps(meta), rid)
             if n == 3 and parts[1] == "health" and parts[2] == "live":
                 return await respond(send, 200, b'{"live":true}', rid)
             if n == 3 and parts[1] == "health" and parts[2] == "ready":
-                down = [name for name, s in self.services.items() if not s.any_healthy()]
-                if down:
+                ready, down = self.ready()
+                if not ready:
                     not_ready = {"ready": False, "services_down": down}
                     return await respond(send, 503, orjson.dumps(not_ready), rid)
                 return await respond(send, 200, b'{"ready":true}', rid)
@@ -293,8 +338,10 @@ class GatewayApp:
         try:
             method = scope["method"]
             body = b""
+            binary = None
             if method == "POST":
-                check_json_content_type(scope)
+                binary = _binary_request_headers(scope)
+                check_json_content_type(scope, binary_ok=binary is not None)
                 body = await read_body(scope, receive, self.settings.body_limit_bytes)
             elif method not in ("GET", "HEAD"):
                 raise HTTPError(405, f"method {method} not allowed here")
@@ -302,10 +349,17 @@ class GatewayApp:
             target = scope["raw_path"] or scope["path"].encode()
             if scope["query_string"]:
                 target += b"?" + scope["query_string"]
-            response = await self.forward(service, method.encode(), target, body, rid, timeout_s)
+            response = await self.forward(service, method.encode(), target, body, rid, timeout_s, binary)
             code = response.status
             ctype = response.header(b"content-type") or JSON_CONTENT_TYPE
-            await respond(send, response.status, response.body, rid, content_type=ctype)
+            await respond(
+                send,
+                response.status,
+                response.body,
+                rid,
+                content_type=ctype,
+                extra_headers=_binary_answer(response),
+            )
         except BaseException as err:
             code = status_of(err)
             raise
@@ -330,24 +384,27 @@ class GatewayApp:
         model = rollout.model
         version = self.rollouts.route(rollout, scope["headers"])
         answered_by = version
+        binary = _binary_request_headers(scope)
         try:
-            check_json_content_type(scope)
+            check_json_content_type(scope, binary_ok=binary is not None)
             body = await read_body(scope, receive, self.settings.body_limit_bytes)
             timeout_s = self._timeout_s(scope)
             deadline = time.monotonic() + timeout_s
             query = b"?" + scope["query_string"] if scope["query_string"] else b""
             target = version_target(api, model, version) + query
-            response = await self.forward(service, b"POST", target, body, rid, timeout_s)
+            response = await self.forward(service, b"POST", target, body, rid, timeout_s, binary)
             if response.status == 404:
                 # The replica has not loaded that version (yet): the alias's version answers instead.
                 self.rollouts.record_fallback(model, version)
                 unversioned = f"/{api}/models/{model}/{'predict' if api == 'v1' else 'infer'}".encode()
                 remaining_s = max(0.001, deadline - time.monotonic())
-                response = await self.forward(service, b"POST", unversioned + query, body, rid, remaining_s)
-                answered_by = answering_version(response.body) or "unknown"
+                response = await self.forward(
+                    service, b"POST", unversioned + query, body, rid, remaining_s, binary
+                )
+                answered_by = answering_version(response) or "unknown"
             code = response.status
             ctype = response.header(b"content-type") or JSON_CONTENT_TYPE
-            headers = [(VERSION_HEADER, answered_by.encode())]
+            headers = [(VERSION_HEADER, answered_by.encode()), *_binary_answer(response)]
             await respond(send, code, response.body, rid, content_type=ctype, extra_headers=headers)
         except BaseException as err:
             code = status_of(err)
@@ -360,20 +417,28 @@ class GatewayApp:
         if shadow is not None and shadow != answered_by and 200 <= code < 300:
             shadow_target = version_target(api, model, shadow) + query
 
-            async def copy() -> tuple[int, bytes]:
-                answer = await self.forward(
-                    service, b"POST", shadow_target, body, rid + b":shadow", timeout_s
+            async def copy() -> UpstreamResponse:
+                return await self.forward(
+                    service, b"POST", shadow_target, body, rid + b":shadow", timeout_s, binary
                 )
-                return answer.status, answer.body
 
-            self.rollouts.mirror(model, shadow, answered_by, response.body, copy, rid)
+            self.rollouts.mirror(model, shadow, answered_by, response, copy, rid)
 
     async def forward(
-        self, service: str, method: bytes, target: bytes, body: bytes, rid: bytes, timeout_s: float
+        self,
+        service: str,
+        method: bytes,
+        target: bytes,
+        body: bytes,
+        rid: bytes,
+        timeout_s: float,
+        binary: list[tuple[bytes, bytes]] | None = None,
     ) -> UpstreamResponse:
         """Send one request to the least busy replica of ``service``, failing over on connection errors.
 
-        Raises UpstreamUnavailable when no replica could take it, DeadlineExceeded after ``timeout_s``.
+        ``binary`` replaces the JSON content type with the headers of an inference request that
+        carries binary tensor data. Raises UpstreamUnavailable when no replica could take it,
+        DeadlineExceeded after ``timeout_s``.
         """
         replicas = self.services[service]
         deadline = time.monotonic() + timeout_s
@@ -390,7 +455,7 @@ class GatewayApp:
                     tried.add(replica.index)
                     remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
                     headers = [
-                        (b"content-type", JSON_CONTENT_TYPE),
+                        *(binary or _JSON_BODY),
                         (REQUEST_ID_HEADER, rid),
                         (TIMEOUT_HEADER, str(remaining_ms).encode()),
                     ]

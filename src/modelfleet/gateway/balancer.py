@@ -26,7 +26,10 @@ class Replica:
             endpoint.host, endpoint.port, settings.max_connections_per_replica, settings.connect_timeout_s
         )
         self.outstanding = 0
+        # In rotation from the start, so requests are balanced even before the first probe...
         self.healthy = True
+        # ...but the gateway calls itself ready only once a health probe has passed.
+        self.probed_ready = False
         self.failures = 0
 
     def describe(self) -> dict[str, object]:
@@ -34,6 +37,7 @@ class Replica:
             "name": self.name,
             "url": self.endpoint.url,
             "healthy": self.healthy,
+            "probed_ready": self.probed_ready,
             "outstanding": self.outstanding,
             "open_connections": self.pool.open_connections,
         }
@@ -74,8 +78,13 @@ class ReplicaSet:
                 fallback = replica
         return best or fallback
 
-    def any_healthy(self) -> bool:
-        return any(r.healthy for r in self.replicas)
+    def ready(self) -> bool:
+        """Whether a replica has passed a health probe and is in rotation now."""
+        return any(r.healthy and r.probed_ready for r in self.replicas)
+
+    def probed(self) -> bool:
+        """Whether any replica has passed a health probe yet."""
+        return any(r.probed_ready for r in self.replicas)
 
     def report_success(self, replica: Replica) -> None:
         if replica.failures:
@@ -116,6 +125,7 @@ class ReplicaSet:
             self.report_failure(replica, f"health probe failed: {err or type(err).__name__}", fatal=False)
             return
         if status == 200:
+            replica.probed_ready = True
             if not replica.healthy:
                 self._set_health(replica, True, "health probe passed")
             replica.failures = 0

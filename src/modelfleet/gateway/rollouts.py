@@ -28,8 +28,10 @@ from typing import Any, Literal
 import orjson
 
 from modelfleet.errors import AliasNotFound, VersionNotFound
+from modelfleet.gateway.client import UpstreamResponse
 from modelfleet.metrics import GatewayMetrics
 from modelfleet.registry.registry import Registry, Rollout, RolloutSpec
+from modelfleet.types import BINARY_HEADER_LENGTH
 
 log = logging.getLogger("modelfleet.gateway.rollouts")
 
@@ -42,8 +44,8 @@ VERSION_HEADER = b"x-model-version"
 ShadowOutcome = Literal["agree", "differ", "error", "dropped"]
 SHADOW_OUTCOMES: tuple[ShadowOutcome, ...] = ("agree", "differ", "error", "dropped")
 
-ShadowCall = Callable[[], Awaitable[tuple[int, bytes]]]
-"""Sends the copy to the shadow version: returns its (status, body)."""
+ShadowCall = Callable[[], Awaitable[UpstreamResponse]]
+"""Sends the copy to the shadow version: returns its answer."""
 
 # What an answer says about who answered rather than what: left out when answers are compared.
 _IDENTITY_KEYS = frozenset({"model", "version", "model_name", "model_version", "id"})
@@ -162,16 +164,38 @@ class _ModelCounts:
     shadow: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def compare_answers(primary: bytes, shadow_status: int, shadow: bytes) -> ShadowOutcome:
-    """How a shadow's answer relates to the primary's: the same ``outputs`` (or ``output``) JSON is
-    "agree", other JSON "differ"; a non-2xx status or a body that is not JSON is "error"."""
+def split_binary(body: bytes, header_length: bytes | None) -> tuple[bytes, bytes]:
+    """An answer's JSON and the binary tensor data after it (the OIP binary extension; empty when
+    the answer is all JSON)."""
+    if header_length is None:
+        return body, b""
+    try:
+        length = int(header_length)
+    except ValueError:
+        return body, b""
+    return body[:length], body[length:]
+
+
+def compare_answers(
+    primary: bytes,
+    shadow_status: int,
+    shadow: bytes,
+    primary_header_length: bytes | None = None,
+    shadow_header_length: bytes | None = None,
+) -> ShadowOutcome:
+    """How a shadow's answer relates to the primary's: the same ``outputs`` (or ``output``) JSON,
+    and the same binary tensor data if any, is "agree", other answers "differ"; a non-2xx status
+    or a body that is not JSON is "error"."""
     if not 200 <= shadow_status < 300:
         return "error"
+    expected_json, expected_tail = split_binary(primary, primary_header_length)
+    actual_json, actual_tail = split_binary(shadow, shadow_header_length)
     try:
-        expected, actual = orjson.loads(primary), orjson.loads(shadow)
+        expected, actual = orjson.loads(expected_json), orjson.loads(actual_json)
     except orjson.JSONDecodeError:
         return "error"
-    return "agree" if _comparable(expected) == _comparable(actual) else "differ"
+    same = _comparable(expected) == _comparable(actual) and expected_tail == actual_tail
+    return "agree" if same else "differ"
 
 
 def _comparable(answer: Any) -> Any:
@@ -189,8 +213,12 @@ def version_target(api: str, model: str, version: str) -> bytes:
     return f"/{api}/models/{model}/versions/{version}/{verb}".encode()
 
 
-def answering_version(body: bytes) -> str | None:
+def answering_version(answer_or_body: UpstreamResponse | bytes) -> str | None:
     """The version a worker's answer says it came from ("version" in /v1, "model_version" in /v2)."""
+    if isinstance(answer_or_body, UpstreamResponse):
+        body, _ = split_binary(answer_or_body.body, answer_or_body.header(BINARY_HEADER_LENGTH))
+    else:
+        body = answer_or_body
     try:
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -379,7 +407,7 @@ class RolloutRouter:
         model: str,
         shadow_version: str,
         primary_version: str,
-        primary: bytes,
+        primary: UpstreamResponse,
         call: ShadowCall,
         rid: bytes,
     ) -> None:
@@ -398,16 +426,29 @@ class RolloutRouter:
         task.add_done_callback(self._shadows.discard)
 
     async def _shadow(
-        self, model: str, version: str, primary_version: str, primary: bytes, call: ShadowCall, rid: bytes
+        self,
+        model: str,
+        version: str,
+        primary_version: str,
+        primary: UpstreamResponse,
+        call: ShadowCall,
+        rid: bytes,
     ) -> None:
         request = rid.decode("latin-1")
         try:
-            status, body = await call()
+            answer = await call()
         except Exception as err:
             self._count_shadow(model, version, "error")
             log.info("shadow of model %r version %s failed on request %s: %s", model, version, request, err)
             return
-        outcome = compare_answers(primary, status, body)
+        status, body = answer.status, answer.body
+        outcome = compare_answers(
+            primary.body,
+            status,
+            body,
+            primary.header(BINARY_HEADER_LENGTH),
+            answer.header(BINARY_HEADER_LENGTH),
+        )
         self._count_shadow(model, version, outcome)
         if outcome == "differ":
             log.info(

@@ -10,9 +10,16 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    PydanticInvalidForJsonSchema,
+    PydanticSchemaGenerationError,
+    PydanticUserError,
+    TypeAdapter,
+    ValidationError,
+)
 
-from modelfleet.errors import InvalidInput, PredictionFailed
+from modelfleet.errors import ConfigError, InvalidInput, PredictionFailed
 from modelfleet.models.batching import DynamicBatcher
 from modelfleet.models.model import Batching, Model
 
@@ -29,6 +36,35 @@ def describe_validation_error(err: ValidationError, prefix: str = "") -> tuple[s
     if len(details) > 5:
         summary += f"; and {len(details) - 5} more"
     return summary, details
+
+
+def check_encodable(model: str, schema: type[BaseModel], role: str) -> None:
+    """Refuse a model whose input or output has a field with no JSON form, naming the field.
+
+    Both APIs carry every field as JSON or as a tensor (whose fallback is JSON), so a field pydantic
+    cannot serialise would fail every request; finding it at load turns that into a start-up error.
+    Raises ConfigError.
+    """
+    try:
+        schema.model_json_schema(mode="serialization" if role == "output" else "validation")
+        return
+    except (PydanticSchemaGenerationError, PydanticInvalidForJsonSchema, PydanticUserError) as err:
+        whole = err
+    for field, info in schema.model_fields.items():
+        try:
+            TypeAdapter(info.annotation or Any).json_schema(mode="serialization")
+        except (PydanticSchemaGenerationError, PydanticInvalidForJsonSchema, PydanticUserError) as err:
+            raise ConfigError(
+                f"model {model!r}: {role} field {field!r} ({_type_name(info.annotation)}) has no JSON "
+                "or tensor encoding; use str, numbers, bool, lists of them or nested pydantic models"
+            ) from err
+    raise ConfigError(
+        f"model {model!r}: its {role} type {schema.__name__} cannot be encoded as JSON: {whole}"
+    )
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__qualname__", None) or repr(annotation)
 
 
 class ProcessLoad:
@@ -92,6 +128,8 @@ class ModelRunner:
         self.batching = batching
         self.input_type: type[BaseModel] = type(model).input_type
         self.output_type: type[BaseModel] = type(model).output_type
+        check_encodable(name, self.input_type, "input")
+        check_encodable(name, self.output_type, "output")
         self.version = type(model).version
         self.input_one: TypeAdapter[Any] = TypeAdapter(self.input_type)
         self.input_many: TypeAdapter[Any] = TypeAdapter(list[self.input_type])  # type: ignore[name-defined]

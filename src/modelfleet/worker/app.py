@@ -42,7 +42,7 @@ from modelfleet.metrics import PROMETHEUS_CONTENT_TYPE, WorkerMetrics
 from modelfleet.models.runner import PROCESS_LOAD, ModelRunner, describe_validation_error
 from modelfleet.pipeline.spec import CompiledPipeline
 from modelfleet.settings import WorkerSettings
-from modelfleet.types import TIMEOUT_HEADER, Receive, Scope, Send
+from modelfleet.types import BINARY_HEADER_LENGTH, TIMEOUT_HEADER, Receive, Scope, Send
 from modelfleet.worker import oip
 from modelfleet.worker.openapi import openapi_document
 from modelfleet.worker.pipelines import UnitService
@@ -149,7 +149,7 @@ class WorkerApp:
         elif head == "v2":
             if n == 1:
                 _allow(method, "GET")
-                body = {"name": "modelfleet-worker", "version": __version__, "extensions": []}
+                body = {"name": "modelfleet-worker", "version": __version__, "extensions": oip.EXTENSIONS}
                 return await respond(send, 200, orjson.dumps(body), rid)
             if n == 3 and parts[1] == "health" and parts[2] in ("live", "ready"):
                 _allow(method, "GET")
@@ -294,9 +294,11 @@ class WorkerApp:
         code = 500
         count = 0
         try:
-            check_json_content_type(scope)
+            check_json_content_type(scope, binary_ok=True)
             body = await read_body(scope, receive, self.settings.body_limit_bytes)
-            request, rows = oip.decode_request(body, runner.input_type)
+            request, rows = oip.decode_request(
+                body, runner.input_type, get_header(scope, BINARY_HEADER_LENGTH)
+            )
             if len(rows) > self.settings.max_inputs_per_request:
                 raise InvalidInput(
                     f"batch of {len(rows)} in one request; "
@@ -308,7 +310,8 @@ class WorkerApp:
             self._capture(runner, inputs, outputs)
             out = oip.encode_response(runner.name, runner.version, runner.output_type, outputs, request)
             code = 200
-            await respond(send, 200, out, rid)
+            headers = [] if out.header_length is None else [(BINARY_HEADER_LENGTH, b"%d" % out.header_length)]
+            await respond(send, 200, out.body, rid, content_type=out.content_type, extra_headers=headers)
         except BaseException as err:
             code = status_of(err)
             raise
@@ -355,8 +358,8 @@ class WorkerApp:
             "name": runner.name,
             "versions": sorted(self.versions.get(runner.name, {runner.version: runner})),
             "platform": "modelfleet",
-            "inputs": [s.metadata() for s in oip.tensor_specs(runner.input_type)],
-            "outputs": [s.metadata() for s in oip.tensor_specs(runner.output_type)],
+            "inputs": [s.metadata() for s in oip.input_specs(runner.input_type)],
+            "outputs": [s.metadata() for s in oip.output_specs(runner.output_type)],
         }
 
 

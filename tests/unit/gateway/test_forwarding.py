@@ -61,8 +61,10 @@ async def asgi(
         "path": path,
         "raw_path": path.encode(),
         "query_string": b"",
-        "headers": [(b"content-type", b"application/json"), *(headers or [])],
+        "headers": [*(headers or [])],
     }
+    if not any(name == b"content-type" for name, _ in scope["headers"]):
+        scope["headers"].insert(0, (b"content-type", b"application/json"))
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -267,5 +269,96 @@ def test_gateway_checks_model_media_type_and_size_itself() -> None:
         status, _, _ = await asgi(app, "POST", "/v1/models/m/predict", b"x" * 11)
         assert status == 413
         await app.stop()
+
+    asyncio.run(scenario())
+
+
+def test_binary_tensor_bodies_pass_through_with_their_header_length_both_ways() -> None:
+    async def scenario() -> None:
+        seen: list[bytes] = []
+        answer_head = (
+            b'{"outputs":[{"name":"y","datatype":"FP32","shape":[1],"parameters":{"binary_data_size":4}}]}'
+        )
+        answer = answer_head + b"\x00\x00\x80\x3f"
+
+        async def handler(head: bytes, body: bytes) -> bytes:
+            seen.append(body)
+            return (
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
+                b"inference-header-content-length: %d\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(answer_head), len(answer), answer)
+            )
+
+        server, port, heads = await upstream(handler)
+        app = gateway([port])
+        request = (
+            b'{"inputs":[{"name":"x","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":5}}]}'
+        )
+        body = request + b"\x01\x00\x00\x00\xff"
+        scope_headers = [
+            (b"inference-header-content-length", str(len(request)).encode()),
+        ]
+        # Given a client that sends binary data as application/octet-stream (a JSON type is replaced)
+        app_scope_ctype = (b"content-type", b"application/octet-stream")
+        status, headers, got = await asgi(
+            app, "POST", "/v2/models/m/infer", body, [*scope_headers, app_scope_ctype]
+        )
+        assert status == 200
+        assert got == answer
+        assert headers[b"inference-header-content-length"] == str(len(answer_head)).encode()
+        assert headers[b"content-type"] == b"application/octet-stream"
+        assert seen == [body]
+        head = heads[0].lower()
+        assert b"inference-header-content-length: %d\r\n" % len(request) in head
+        assert b"content-type: application/octet-stream" in head
+        # A JSON body goes as before, without the binary header
+        status, headers, _ = await asgi(app, "POST", "/v2/models/m/infer", b"{}")
+        assert b"inference-header-content-length" not in heads[1].lower()
+        await app.stop()
+        server.close()
+
+    asyncio.run(scenario())
+
+
+def test_octet_stream_without_binary_framing_is_415() -> None:
+    async def scenario() -> None:
+        app = gateway([1])
+        scope_headers = [(b"content-type", b"application/octet-stream")]
+        status, _, body = await asgi(app, "POST", "/v2/models/m/infer", b"{}", scope_headers)
+        assert status == 415
+        assert b"application/json" in body
+
+    asyncio.run(scenario())
+
+
+def test_ready_only_after_every_service_passed_a_probe_and_then_as_probes_say() -> None:
+    async def scenario() -> None:
+        worker_ready = False
+
+        async def handler(head: bytes, body: bytes) -> bytes:
+            if head.startswith(b"GET /v2/health/ready"):
+                if worker_ready:
+                    return ok(b'{"ready":true}')
+                return b'HTTP/1.1 503 Service Unavailable\r\ncontent-length: 15\r\n\r\n{"ready":false}'
+            return ok()
+
+        server, port, _ = await upstream(handler)
+        app = gateway([port], health_interval_s=0.05, failures_to_eject=1)
+        # Before any probe: the replica is routed to, but the gateway is not ready
+        status, _, body = await asgi(app, "GET", "/v2/health/ready")
+        assert (status, orjson.loads(body)) == (503, {"ready": False, "services_down": ["svc"]})
+        assert (await asgi(app, "POST", "/v1/models/m/predict", b"{}"))[0] == 200
+        await app.start()
+        await asyncio.sleep(0.3)
+        assert (await asgi(app, "GET", "/v2/health/ready"))[0] == 503
+        worker_ready = True
+        await asyncio.sleep(0.3)
+        assert (await asgi(app, "GET", "/v2/health/ready"))[0] == 200
+        # A replica that stops passing probes takes readiness with it
+        worker_ready = False
+        await asyncio.sleep(0.3)
+        assert (await asgi(app, "GET", "/v2/health/ready"))[0] == 503
+        await app.stop()
+        server.close()
 
     asyncio.run(scenario())

@@ -5,9 +5,9 @@ import threading
 import time
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
-from modelfleet.errors import PredictionFailed
+from modelfleet.errors import ConfigError, PredictionFailed
 from modelfleet.models.model import Batching, Model
 from modelfleet.models.runner import ModelRunner
 
@@ -211,3 +211,47 @@ def test_nothing_runs_inline_beside_a_call_whose_caller_gave_up() -> None:
         await slow.close()
 
     asyncio.run(scenario())
+
+
+class Opaque:
+    """A type with no JSON form."""
+
+
+class OpaqueOut(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    label: str
+    blob: Opaque
+
+
+class Unencodable(Model[In, OpaqueOut]):
+    input_type = In
+    output_type = OpaqueOut
+
+    def predict(self, inputs: list[In]) -> list[OpaqueOut]:
+        return [OpaqueOut(label="x", blob=Opaque()) for _ in inputs]
+
+
+class Nested(BaseModel):
+    label: str
+    score: float
+
+
+class RichOut(BaseModel):
+    scores: list[Nested]
+    best: Nested | None
+    values: list[float]
+
+
+class Rich(Model[In, RichOut]):
+    input_type = In
+    output_type = RichOut
+
+    def predict(self, inputs: list[In]) -> list[RichOut]:
+        return [RichOut(scores=[], best=None, values=[]) for _ in inputs]
+
+
+def test_a_model_whose_output_cannot_be_encoded_is_refused_at_load_naming_the_field() -> None:
+    with pytest.raises(ConfigError, match="model 'odd': output field 'blob' \\(Opaque\\) has no JSON"):
+        ModelRunner("odd", Unencodable(), None)
+    # lists of objects, optional nested objects and lists of numbers are all fine
+    ModelRunner("rich", Rich(), None)
