@@ -14,7 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import tritonclient.http as tritonhttp
 
 from tests.conftest import ReadinessWatch, RunningFleet, call, free_port, start_fleet
 
@@ -118,6 +120,36 @@ def test_open_inference_protocol(fleet: RunningFleet) -> None:
     missing_version = call(f"{gw}/v2/models/scale/versions/7/infer", "POST", vectors)
     assert missing_version.status == 404
     assert "no version '7'" in missing_version.json()["error"]
+
+
+def test_tritonclient_binary_tensors_on_a_worker_and_through_the_gateway(fleet: RunningFleet) -> None:
+    workers = [p["url"] for p in fleet.replicas("light")]
+    for url in [fleet.gateway, *workers]:
+        with tritonhttp.InferenceServerClient(url.removeprefix("http://")) as client:
+            # Given numeric and BYTES inputs sent as binary, the client's default
+            values = tritonhttp.InferInput("values", [2, 2], "FP32")
+            values.set_data_from_numpy(np.array([[3, 4], [0, 1]], dtype=np.float32))
+            label = tritonhttp.InferInput("label", [2], "BYTES")
+            label.set_data_from_numpy(np.array([b"a", b"b"], dtype=np.object_))
+            # When one output is asked in binary and one as JSON
+            asked = [
+                tritonhttp.InferRequestedOutput("values", binary_data=True),
+                tritonhttp.InferRequestedOutput("norm", binary_data=False),
+            ]
+            result = client.infer("scale", [values, label], outputs=asked)
+            # Then both come back as the arrays they are
+            doubled = result.as_numpy("values")
+            assert doubled.dtype == np.float32
+            assert doubled.tolist() == [[6.0, 8.0], [0.0, 2.0]]
+            assert result.get_output("values")["parameters"] == {"binary_data_size": 16}
+            assert result.as_numpy("norm").tolist() == [10.0, 2.0]
+            assert "data" in result.get_output("norm")
+            assert result.as_numpy("label") is None  # not asked for
+            text = tritonhttp.InferInput("text", [1], "BYTES")
+            text.set_data_from_numpy(np.array(["h\u00e9llo".encode()], dtype=np.object_))
+            echoed = client.infer("echo", [text])
+            assert echoed.as_numpy("text").tolist() == ["h\u00e9llo".encode()]
+            assert echoed.as_numpy("length").tolist() == [5]
 
 
 def test_model_listing_spans_all_services(fleet: RunningFleet) -> None:

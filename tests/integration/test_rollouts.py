@@ -18,7 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import tritonclient.http as tritonhttp
 
 from modelfleet.lake import Lake
 from modelfleet.registry import make_registry
@@ -179,6 +181,35 @@ def test_shadow_never_changes_the_answer_and_is_counted(fleet: RunningFleet) -> 
     assert outcomes["differ"] > 0
     metrics = call(f"{fleet.gateway}/metrics").body.decode()
     assert 'modelfleet_gateway_shadow_total{model="intent",outcome="differ",version="2"}' in metrics
+
+
+def test_binary_tensor_requests_follow_the_rollout_and_their_shadows_compare(fleet: RunningFleet) -> None:
+    # Given a shadowed rollout, and Triton's client with its defaults (binary inputs and outputs)
+    cli(fleet, "rollout", "set", MODEL, "--route", "production=100", "--shadow", "canary")
+    wait_until_every_replica_loaded(fleet, "2")
+    wait_until("the gateway shadows to version 2", lambda: _shadow_version(fleet) == "2")
+    before = (rollout_of(fleet) or {})["shadow_outcomes"].get("2", {})
+    url = fleet.gateway.removeprefix("http://")
+    texts = TEXTS[:20]
+    with tritonhttp.InferenceServerClient(url) as client:
+        tensor = tritonhttp.InferInput("text", [len(texts)], "BYTES")
+        tensor.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
+        results = [client.infer(MODEL, [tensor]) for _ in range(10)]
+    # Then the primary answers in binary, and each shadow copy is compared, never an error
+    plain = call(f"{fleet.gateway}/v1/models/{MODEL}/predict", "POST", [{"text": t} for t in texts]).json()
+    for result in results:
+        assert result.get_response()["model_version"] == "1"
+        labels = [v.decode() for v in result.as_numpy("label").tolist()]
+        assert labels == [out["label"] for out in plain["outputs"]]
+
+    def counted() -> int:
+        now = (rollout_of(fleet) or {})["shadow_outcomes"]["2"]
+        return sum(now.get(k, 0) - before.get(k, 0) for k in ("agree", "differ", "error", "dropped"))
+
+    wait_until("every binary shadow copy is counted", lambda: counted() == 10)
+    outcomes = (rollout_of(fleet) or {})["shadow_outcomes"]["2"]
+    assert outcomes["error"] == before.get("error", 0)
+    assert outcomes["dropped"] == before.get("dropped", 0)
 
 
 def test_rollback_sends_everything_to_production(fleet: RunningFleet) -> None:
