@@ -154,7 +154,10 @@ def test_an_interrupted_process_leaves_parts_that_the_rerun_skips(
     source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_rows(source, "jsonl", [{"text": t} for t in texts])
     script = (
-        "import sys, time; from pathlib import Path; from modelfleet.batch import run_batch\n"
+        "import signal, sys, time; from pathlib import Path; from modelfleet.batch import run_batch\n"
+        # Ctrl-C as a terminal sends it, whatever signal state the test process left to its children
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "run_batch('model:sentiment', Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], chunk_size=3,\n"
         "          concurrency=1, progress=False, on_chunk=lambda i: time.sleep(0.01))\n"
     )
@@ -170,7 +173,7 @@ def test_an_interrupted_process_leaves_parts_that_the_rerun_skips(
         time.sleep(0.02)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
-    assert "KeyboardInterrupt" in stderr
+    assert "KeyboardInterrupt" in stderr, (process.returncode, len(parts.finished_parts()), stderr)
     assert not out.exists()
     kept = len(parts.finished_parts())
     assert 5 <= kept < 1000
